@@ -1,0 +1,54 @@
+# dlaas — every set-up step a fresh machine needs is here.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PROTO_PACKAGES := types gateway scheduler storage metering
+PROTOS := $(wildcard protos/dlaas/*/v1/*.proto)
+STAMP := $(VENV)/.installed
+
+.PHONY: install proto lint test test-fast demo up down status clean bench
+
+install: $(STAMP) proto
+
+$(STAMP): pyproject.toml package.json
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,examples]'
+	npm install --no-audit --no-fund --silent
+	touch $(STAMP)
+
+# Typed Python stubs from protos/, never edited by hand (git ignores them).
+proto: $(STAMP) dlaas/types/v1/run_pb2.py
+
+dlaas/types/v1/run_pb2.py: $(PROTOS)
+	rm -rf $(addprefix dlaas/,$(PROTO_PACKAGES))
+	PATH=$(abspath $(BIN)):$$PATH $(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/protos \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+	for p in $(PROTO_PACKAGES); do touch dlaas/$$p/__init__.py dlaas/$$p/v1/__init__.py; done
+
+lint: install
+	npx buf lint
+	npx buf format --diff --exit-code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: install
+	$(BIN)/pytest
+
+demo: install
+	$(PY) -m dlaas.demo
+
+up: install
+	$(BIN)/dlaas up
+
+down:
+	$(BIN)/dlaas down
+
+status:
+	$(BIN)/dlaas status
+
+clean:
+	rm -rf $(addprefix dlaas/,$(PROTO_PACKAGES)) .dlaas .pytest_cache .mypy_cache .ruff_cache
