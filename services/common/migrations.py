@@ -1,0 +1,28 @@
+"""The body of every service's Alembic env.py: online migrations on the sync driver."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import MetaData, create_engine, pool
+
+
+def run_migrations(target_metadata: MetaData) -> None:
+    config = context.config
+    url = config.get_main_option("sqlalchemy.url")
+    version_table = config.attributes.get("version_table", "alembic_version")
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=target_metadata, version_table=version_table, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = create_engine(url or "", poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            version_table=version_table,
+            render_as_batch=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()

@@ -1,0 +1,227 @@
+"""The one server bootstrap: interceptors, health, reflection, metrics endpoint, graceful shutdown.
+
+Each service has `async def build_server(settings) -> Service`; tests start that on port 0,
+`python -m services.<name>` calls `serve(build_server, Settings())`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from prometheus_client import start_http_server
+
+from services.common.errors import DomainError, InvalidArgument
+from services.common.logs import bind_run, setup_logging
+from services.common.settings import ServiceSettings
+from services.common.telemetry import RPC_HANDLED, RPC_SECONDS, setup_tracing
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "dlaas.io"
+MAX_MESSAGE_BYTES = 80 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def to_status(error: DomainError) -> grpc.Status:
+    """A domain error as google.rpc.Status with ErrorInfo and, for bad input, BadRequest."""
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))
+    details = [info]
+    if isinstance(error, InvalidArgument) and error.violations:
+        bad = any_pb2.Any()
+        bad.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in error.violations
+                ]
+            )
+        )
+        details.append(bad)
+    code = error.code.value[0]
+    status: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details))
+    return status
+
+
+def _run_of(request: object) -> str:
+    """The run a request is about, for the logs."""
+    for attr in ("name", "run"):
+        value = getattr(request, attr, "")
+        if isinstance(value, str) and "/runs/" in value:
+            return value
+    return ""
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Maps errors at one boundary, binds the run to the logs, counts and times every RPC."""
+
+    def __init__(self, service: str):
+        self.service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if method.startswith("/grpc."):
+            return handler  # health and reflection: not ours to count
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            bind_run(_run_of(request))
+            code = grpc.StatusCode.OK
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:  # noqa: BLE001 - every failure is mapped, then re-raised by abort
+                code = await self._abort(exc, context, method)
+            finally:
+                self._observe(method, code, started)
+
+        return wrapped
+
+    def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            bind_run(_run_of(request))
+            code = grpc.StatusCode.OK
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:  # noqa: BLE001
+                code = await self._abort(exc, context, method)
+            finally:
+                self._observe(method, code, started)
+
+        return wrapped
+
+    async def _abort(
+        self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> grpc.StatusCode:
+        """Answers the caller for `exc` (always raises); returns the code only for type checkers."""
+        if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
+            raise exc
+        if isinstance(exc, DomainError):
+            await context.abort_with_status(to_status(exc))
+        if isinstance(exc, grpc.aio.AioRpcError):
+            # A downstream service's answer travels on unchanged, details included.
+            await context.abort(exc.code(), exc.details() or "", trailing_metadata=exc.trailing_metadata() or ())
+        log.exception("unhandled error in %s", method)
+        status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; the service logged it")
+        await context.abort_with_status(rpc_status.to_status(status))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        RPC_HANDLED.labels(self.service, method, code.name).inc()
+        RPC_SECONDS.labels(self.service, method).observe(time.perf_counter() - started)
+
+
+@dataclass
+class Service:
+    """A built service: its gRPC server plus the background work that lives as long as it does."""
+
+    name: str
+    server: grpc.aio.Server
+    port: int
+    service_names: list[str]
+    health: health.aio.HealthServicer
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+        for work in self.background:
+            self._tasks.append(asyncio.create_task(work(), name=f"{self.name}:{work.__name__}"))
+        for service_name in ["", *self.service_names]:
+            await self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s serving on port %d", self.name, self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for hook in self.on_stop:
+            await hook()
+
+
+def new_service(name: str, settings: ServiceSettings, service_names: list[str]) -> Service:
+    """A grpc.aio server with our interceptors, health and reflection, bound to settings' port.
+
+    The caller adds its servicers and background work, then starts it.
+    """
+    setup_tracing(name, settings.trace_exporter)
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(), ServiceInterceptor(name)],  # type: ignore[no-untyped-call]
+        options=CHANNEL_OPTIONS,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"{name}: cannot bind {settings.host}:{settings.port}")
+    return Service(name, server, port, service_names, health_servicer)
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def serve(build: Callable[[S], Awaitable[Service]], settings: S, name: str) -> None:
+    """Runs a service until SIGTERM or SIGINT, then stops it gracefully."""
+    setup_logging(name, settings.log_level, settings.log_format)
+
+    async def main() -> None:
+        service = await build(settings)
+        if settings.metrics_port is not None:
+            http, _thread = start_http_server(settings.metrics_port, addr=settings.host)
+            log.info("%s metrics on port %d", name, http.server_port)
+        await service.start()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        log.info("%s stopping", name)
+        await service.stop(settings.shutdown_grace_s)
+
+    asyncio.run(main())
