@@ -1,0 +1,184 @@
+"""The runner's input: JOB_DIR/runner.json, written by the backend that starts the runner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """runner.json is missing, unreadable or malformed; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class JobDirs:
+    """The folders of one run's job directory, as the learner environment names them."""
+
+    job: Path
+
+    @property
+    def model(self) -> Path:
+        return self.job / "model"
+
+    @property
+    def data(self) -> Path:
+        return self.job / "data"
+
+    @property
+    def results(self) -> Path:
+        return self.job / "results"
+
+    @property
+    def logs(self) -> Path:
+        return self.job / "logs"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.job / "checkpoints"
+
+    @property
+    def training_log(self) -> Path:
+        return self.job / "training.log"
+
+    @property
+    def state_file(self) -> Path:
+        return self.job / "state.json"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """One attempt of one run, as the backend describes it. ``run_token`` is never shown."""
+
+    run: str
+    run_id: str
+    attempt: int
+    run_token: str = field(repr=False)
+    scheduler_address: str
+    command: str
+    python_bin_dir: str
+    gpu_indices: tuple[int, ...]
+    num_learners: int
+    environment: Mapping[str, str]
+    job_dir: Path
+    code_archive_path: Path | None
+    data_path: Path | None
+    results_path: Path
+    max_runtime_s: float | None
+    trace_carrier: Mapping[str, str]
+
+    @property
+    def dirs(self) -> JobDirs:
+        return JobDirs(self.job_dir)
+
+    @classmethod
+    def load(cls, path: Path) -> RunnerConfig:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read runner config {path}: {exc}") from exc
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+        return cls.from_dict(document, source=str(path))
+
+    @classmethod
+    def from_dict(cls, document: object, *, source: str = "runner config") -> RunnerConfig:
+        """Validate a decoded runner.json; unknown keys are ignored (newer backends may add some)."""
+        if not isinstance(document, dict):
+            raise ConfigError(f"{source}: expected a JSON object")
+        fields = _Fields(document, source)
+        return cls(
+            run=fields.text("run"),
+            run_id=fields.text("run_id"),
+            attempt=fields.positive_int("attempt"),
+            run_token=fields.text("run_token"),
+            scheduler_address=fields.text("scheduler_address"),
+            command=fields.text("command"),
+            python_bin_dir=fields.text("python_bin_dir", allow_empty=True, default=""),
+            gpu_indices=fields.gpu_indices("gpu_indices"),
+            num_learners=fields.positive_int("num_learners", default=1),
+            environment=fields.string_map("environment"),
+            job_dir=fields.absolute_path("job_dir"),
+            code_archive_path=fields.optional_absolute_path("code_archive_path"),
+            data_path=fields.optional_absolute_path("data_path"),
+            results_path=fields.absolute_path("results_path"),
+            max_runtime_s=fields.optional_seconds("max_runtime_s"),
+            trace_carrier=fields.string_map("trace_carrier"),
+        )
+
+
+_MISSING: Any = object()
+
+
+class _Fields:
+    def __init__(self, document: dict[str, Any], source: str) -> None:
+        self._document = document
+        self._source = source
+
+    def _error(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(f"{self._source}: field {key!r} must be {expected}")
+
+    def _get(self, key: str, default: Any) -> Any:
+        value = self._document.get(key, default)
+        if value is _MISSING:
+            raise ConfigError(f"{self._source}: field {key!r} is required")
+        return value
+
+    def text(self, key: str, *, allow_empty: bool = False, default: Any = _MISSING) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or (not value and not allow_empty):
+            raise self._error(key, "a string" if allow_empty else "a non-empty string")
+        return value
+
+    def positive_int(self, key: str, *, default: Any = _MISSING) -> int:
+        value = self._get(key, default)
+        if not _is_int(value) or value < 1:
+            raise self._error(key, "a positive integer")
+        return int(value)
+
+    def gpu_indices(self, key: str) -> tuple[int, ...]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(_is_int(item) and item >= 0 for item in value):
+            raise self._error(key, "a list of non-negative integers")
+        if len(set(value)) != len(value):
+            raise self._error(key, "a list without repeats")
+        return tuple(int(item) for item in value)
+
+    def string_map(self, key: str) -> dict[str, str]:
+        value = self._get(key, None)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k and "=" not in k and "\x00" not in k and isinstance(v, str) and "\x00" not in v
+            for k, v in value.items()
+        ):
+            raise self._error(key, "an object of string values keyed by names without '=' or NUL")
+        return dict(value)
+
+    def absolute_path(self, key: str) -> Path:
+        value = self.text(key)
+        path = Path(value)
+        if not path.is_absolute():
+            raise self._error(key, "an absolute path")
+        return path
+
+    def optional_absolute_path(self, key: str) -> Path | None:
+        if self._get(key, None) is None:
+            return None
+        return self.absolute_path(key)
+
+    def optional_seconds(self, key: str) -> float | None:
+        value = self._get(key, None)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise self._error(key, "a non-negative number of seconds or null")
+        return float(value) if value > 0 else None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,198 @@
+"""The scheduler's tables and the repository over them. The database is the truth for run state."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+metadata = MetaData()
+
+runs = Table(
+    "scheduler_runs",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("account", String(64), nullable=False, index=True),
+    Column("tier", String(64), nullable=False),
+    Column("spec", LargeBinary, nullable=False),  # dlaas.types.v1.RunSpec
+    Column("code", LargeBinary, nullable=True),  # dlaas.types.v1.ObjectLocation
+    Column("gpus", Integer, nullable=False),
+    Column("gpu_type_wanted", String(64), nullable=False, default=""),
+    Column("state", Integer, nullable=False, index=True),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("node", String(200), nullable=True),
+    Column("gpu_type", String(64), nullable=True),
+    Column("gpu_indices", Text, nullable=True),  # JSON list
+    Column("exit_code", Integer, nullable=True),
+    Column("termination_reason", Integer, nullable=False, default=0),
+    Column("message", Text, nullable=False, default=""),
+    Column("log_tail", Text, nullable=False, default="[]"),
+    Column("run_token_hash", String(64), nullable=True),
+    Column("grant_name", String(200), nullable=True),
+    Column("trace_carrier", Text, nullable=False, default="{}"),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+)
+
+transitions = Table(
+    "scheduler_transitions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run", String(200), ForeignKey("scheduler_runs.name"), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("state", Integer, nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+)
+
+# Usage events written in the same transaction as the state change that makes them.
+outbox = Table(
+    "scheduler_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(300), nullable=False, unique=True),
+    Column("payload", LargeBinary, nullable=False),  # dlaas.metering.v1.UsageEvent
+    Column("trace_carrier", Text, nullable=False, default="{}"),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("delivered_ms", BigInteger, nullable=True, index=True),
+)
+
+
+@dataclass
+class RunRow:
+    name: str
+    account: str
+    tier: str
+    spec: bytes
+    code: bytes | None
+    gpus: int
+    gpu_type_wanted: str
+    state: int
+    attempt: int
+    created_ms: int
+    node: str | None = None
+    gpu_type: str | None = None
+    gpu_indices: list[int] = field(default_factory=list)
+    exit_code: int | None = None
+    termination_reason: int = 0
+    message: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    run_token_hash: str | None = None
+    grant_name: str | None = None
+    trace_carrier: dict[str, str] = field(default_factory=dict)
+    cancel_requested: bool = False
+    transitions: list[tuple[int, int]] = field(default_factory=list)  # (state, time_ms) of this attempt
+
+    @classmethod
+    def from_db(cls, row: Any) -> RunRow:
+        values = dict(row._mapping)
+        values["gpu_indices"] = json.loads(values["gpu_indices"] or "[]")
+        values["log_tail"] = json.loads(values["log_tail"] or "[]")
+        values["trace_carrier"] = json.loads(values["trace_carrier"] or "{}")
+        return cls(**values)
+
+    def to_db(self) -> dict[str, Any]:
+        values = {k: v for k, v in self.__dict__.items() if k != "transitions"}
+        values["gpu_indices"] = json.dumps(self.gpu_indices)
+        values["log_tail"] = json.dumps(self.log_tail)
+        values["trace_carrier"] = json.dumps(self.trace_carrier)
+        return values
+
+
+class RunRepository:
+    """Every write is a transaction of its own; callers pass the connection to group writes."""
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    async def get(self, conn: AsyncConnection, name: str, *, account: str | None = None) -> RunRow | None:
+        query = select(runs).where(runs.c.name == name)
+        if account is not None:
+            query = query.where(runs.c.account == account)
+        row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        run = RunRow.from_db(row)
+        run.transitions = await self._transitions(conn, name, run.attempt)
+        return run
+
+    async def _transitions(self, conn: AsyncConnection, name: str, attempt: int) -> list[tuple[int, int]]:
+        rows = await conn.execute(
+            select(transitions.c.state, transitions.c.time_ms, transitions.c.attempt)
+            .where(transitions.c.run == name)
+            .order_by(transitions.c.id)
+        )
+        # QUEUED belongs to every attempt; the rest to the current one.
+        return [(r.state, r.time_ms) for r in rows if r.attempt in (0, attempt)]
+
+    async def insert(self, conn: AsyncConnection, run: RunRow, time_ms: int) -> None:
+        await conn.execute(insert(runs).values(**run.to_db()))
+        await self.add_transition(conn, run.name, 0, run.state, time_ms)
+
+    async def save(self, conn: AsyncConnection, run: RunRow) -> None:
+        values = run.to_db()
+        name = values.pop("name")
+        await conn.execute(update(runs).where(runs.c.name == name).values(**values))
+
+    async def add_transition(self, conn: AsyncConnection, name: str, attempt: int, state: int, time_ms: int) -> None:
+        await conn.execute(insert(transitions).values(run=name, attempt=attempt, state=state, time_ms=time_ms))
+
+    async def in_states(self, conn: AsyncConnection, states: frozenset[int] | set[int]) -> list[RunRow]:
+        rows = await conn.execute(select(runs).where(runs.c.state.in_(states)).order_by(runs.c.created_ms))
+        return [RunRow.from_db(r) for r in rows]
+
+    async def list_for_account(self, conn: AsyncConnection, account: str, offset: int, limit: int) -> list[RunRow]:
+        rows = await conn.execute(
+            select(runs)
+            .where(runs.c.account == account)
+            .order_by(runs.c.created_ms.desc(), runs.c.name.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        result = []
+        for row in rows:
+            run = RunRow.from_db(row)
+            run.transitions = await self._transitions(conn, run.name, run.attempt)
+            result.append(run)
+        return result
+
+    async def count_for_account(self, conn: AsyncConnection, account: str) -> int:
+        return int((await conn.execute(select(func.count()).where(runs.c.account == account))).scalar_one())
+
+    # Outbox
+
+    async def add_event(
+        self, conn: AsyncConnection, event_id: str, payload: bytes, carrier: dict[str, str], now: int
+    ) -> None:
+        await conn.execute(
+            insert(outbox).values(event_id=event_id, payload=payload, trace_carrier=json.dumps(carrier), created_ms=now)
+        )
+
+    async def pending_events(self, conn: AsyncConnection, limit: int) -> list[tuple[int, bytes, dict[str, str]]]:
+        rows = await conn.execute(
+            select(outbox.c.id, outbox.c.payload, outbox.c.trace_carrier)
+            .where(outbox.c.delivered_ms.is_(None))
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        return [(r.id, r.payload, json.loads(r.trace_carrier)) for r in rows]
+
+    async def mark_delivered(self, conn: AsyncConnection, ids: list[int], now: int) -> None:
+        await conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(delivered_ms=now))

@@ -1,0 +1,121 @@
+"""SchedulerService: proto ↔ domain, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from dlaas.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from dlaas.types.v1 import run_pb2
+from services.common import names, pagination
+from services.common.errors import InvalidArgument
+from services.scheduler.adapters.db import RunRow
+from services.scheduler.domain.model import QUEUED
+from services.scheduler.runtime.scheduler import Scheduler
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def to_proto(run: RunRow, waiting: tuple[int, str] = (0, "")) -> scheduler_pb2.Run:
+    spec = run_pb2.RunSpec.FromString(run.spec)
+    status = run_pb2.RunStatus(
+        state=run.state,  # type: ignore[arg-type]
+        attempt=run.attempt,
+        termination_reason=run.termination_reason,  # type: ignore[arg-type]
+        message=run.message,
+        log_tail=run.log_tail,
+    )
+    for state, time_ms in run.transitions:
+        transition = status.transitions.add(state=state)
+        transition.time.FromMilliseconds(time_ms)
+    if run.node:
+        status.placement.CopyFrom(
+            run_pb2.Placement(node=run.node, gpu_type=run.gpu_type or "", gpu_indices=run.gpu_indices)
+        )
+    if run.exit_code is not None:
+        status.exit_code = run.exit_code
+    if run.state == QUEUED:
+        status.queue_position, status.wait_reason = waiting
+    if run.attempt > 0:
+        run_id = run.name.rsplit("/", 1)[-1]
+        prefix = "/".join(p for p in (spec.training_results.prefix.strip("/"), run_id) if p)
+        status.results.CopyFrom(
+            run_pb2.ObjectLocation(
+                connection=spec.training_results.connection, bucket=spec.training_results.bucket, prefix=prefix
+            )
+        )
+    proto = scheduler_pb2.Run(name=run.name, spec=spec, status=status)
+    if run.code:
+        proto.code.CopyFrom(run_pb2.ObjectLocation.FromString(run.code))
+    proto.create_time.FromMilliseconds(run.created_ms)
+    return proto
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+
+    def _proto(self, run: RunRow) -> scheduler_pb2.Run:
+        return to_proto(run, self.scheduler.waiting(run.name))
+
+    async def SubmitRun(self, request: scheduler_pb2.SubmitRunRequest, context: Context) -> scheduler_pb2.Run:
+        names.parse_run(request.run.name, "run.name")
+        if not request.run.spec.command:
+            raise InvalidArgument.field("run.spec.command", "is required")
+        return self._proto(await self.scheduler.submit(request.run, request.tier or "free"))
+
+    async def GetRun(self, request: scheduler_pb2.GetRunRequest, context: Context) -> scheduler_pb2.Run:
+        names.parse_run(request.name)
+        return self._proto(await self.scheduler.get(request.name))
+
+    async def ListRuns(
+        self, request: scheduler_pb2.ListRunsRequest, context: Context
+    ) -> scheduler_pb2.ListRunsResponse:
+        account = names.parse_account(request.parent)
+        size = pagination.page_size(request.page_size, default=50, maximum=1000)
+        offset = pagination.decode_token(request.page_token, request.parent)
+        runs, total = await self.scheduler.list_runs(account, offset, size)
+        token = pagination.encode_token(offset + size, request.parent) if offset + size < total else ""
+        return scheduler_pb2.ListRunsResponse(runs=[self._proto(r) for r in runs], next_page_token=token)
+
+    async def CancelRun(self, request: scheduler_pb2.CancelRunRequest, context: Context) -> scheduler_pb2.Run:
+        names.parse_run(request.name)
+        return self._proto(await self.scheduler.cancel(request.name, request.reason))
+
+    async def WatchRun(
+        self, request: scheduler_pb2.WatchRunRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.Run]:
+        names.parse_run(request.name)
+        async for run in self.scheduler.watch(request.name):
+            yield self._proto(run)
+
+    async def StreamRunLogs(
+        self, request: scheduler_pb2.StreamRunLogsRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.StreamRunLogsResponse]:
+        names.parse_run(request.name)
+        async for chunk in self.scheduler.logs(request.name, request.follow):
+            yield scheduler_pb2.StreamRunLogsResponse(data=chunk)
+
+    async def ReportRunProgress(
+        self, request: scheduler_pb2.ReportRunProgressRequest, context: Context
+    ) -> scheduler_pb2.ReportRunProgressResponse:
+        names.parse_run(request.name)
+        if request.state == run_pb2.RUN_STATE_UNSPECIFIED:
+            raise InvalidArgument.field("state", "is required")
+        cancel = await self.scheduler.report(request)
+        return scheduler_pb2.ReportRunProgressResponse(cancel_requested=cancel)
+
+    async def ListNodes(
+        self, request: scheduler_pb2.ListNodesRequest, context: Context
+    ) -> scheduler_pb2.ListNodesResponse:
+        in_use = await self.scheduler.gpus_in_use()
+        return scheduler_pb2.ListNodesResponse(
+            nodes=[
+                scheduler_pb2.Node(
+                    name=n.name, gpu_type=n.gpu_type, gpu_count=n.gpu_count, gpus_in_use=in_use.get(n.name, 0)
+                )
+                for n in self.scheduler.nodes
+            ]
+        )

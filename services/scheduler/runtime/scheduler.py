@@ -1,0 +1,532 @@
+"""The scheduler's application layer: run lifecycle, decision rounds, reconciliation, the outbox.
+
+Every transition is persisted before it is acted on. Decision rounds run on events (a run
+arrives, capacity frees, a run ends), never on a polling tick. Lifecycle changes are serialized
+by one lock: a single scheduler process owns the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from dlaas.metering.v1 import metering_pb2
+from dlaas.scheduler.v1 import scheduler_pb2
+from dlaas.types.v1 import run_pb2
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.logs import bound_run
+from services.common.telemetry import current_carrier, span_from_carrier
+from services.common.timeutil import now_ms
+from services.scheduler.adapters.db import RunRepository, RunRow
+from services.scheduler.adapters.local_backend import LocalBackend, RunnerLaunch
+from services.scheduler.adapters.peers import Peers
+from services.scheduler.domain.model import (
+    ASSIGNED,
+    CANCELLED,
+    FAILED,
+    LIVE,
+    QUEUED,
+    TERMINAL,
+    LiveRun,
+    Node,
+    QueuedRun,
+    may_advance,
+    state_name,
+)
+from services.scheduler.domain.placement import decide, never_fits
+from services.scheduler.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+TRACER = "dlaas.scheduler"
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _account_of(name: str) -> str:
+    return name.split("/")[1]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        engine: AsyncEngine,
+        backend: LocalBackend,
+        peers: Peers,
+        nodes: list[Node],
+        callback_address: str,
+    ):
+        self.settings = settings
+        self.engine = engine
+        self.repo = RunRepository(engine)
+        self.backend = backend
+        self.peers = peers
+        self.nodes = nodes
+        self.callback_address = callback_address
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._outbox_wake = asyncio.Event()
+        self._waiting: dict[str, tuple[int, str]] = {}
+        self._watchers: dict[str, set[asyncio.Queue[None]]] = defaultdict(set)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- API operations -------------------------------------------------------------------
+
+    async def submit(self, run: scheduler_pb2.Run, tier: str) -> RunRow:
+        account = _account_of(run.name)
+        spec = run.spec
+        tiers = self.settings.tiers
+        if tier not in tiers:
+            raise InvalidArgument.field("tier", f"unknown tier {tier!r} (known: {', '.join(sorted(tiers))})")
+        if spec.resources.learners > 1:
+            raise FailedPrecondition(
+                "several learners need the kubernetes backend; the local backend runs one learner",
+                reason="LEARNERS_UNSUPPORTED",
+            )
+        gpus = spec.resources.gpus
+        why = never_fits(gpus, spec.resources.gpu_type, tiers[tier].max_gpus, self.nodes)
+        if why:
+            raise FailedPrecondition(f"the run can never start: {why}", reason="RUN_NEVER_FITS")
+        row = RunRow(
+            name=run.name,
+            account=account,
+            tier=tier,
+            spec=spec.SerializeToString(),
+            code=run.code.SerializeToString() if run.HasField("code") else None,
+            gpus=gpus,
+            gpu_type_wanted=spec.resources.gpu_type,
+            state=QUEUED,
+            attempt=0,
+            created_ms=now_ms(),
+            trace_carrier=current_carrier(),
+        )
+        async with self._lock, self.engine.begin() as conn:
+            existing = await self.repo.get(conn, run.name)
+            if existing is not None:
+                return existing  # a retry of the same submission
+            await self.repo.insert(conn, row, row.created_ms)
+        row.transitions = [(QUEUED, row.created_ms)]
+        log.info("queued %s (%d GPU)", run.name, gpus)
+        self._wake.set()
+        return row
+
+    async def get(self, name: str) -> RunRow:
+        async with self.engine.connect() as conn:
+            run = await self.repo.get(conn, name)
+        if run is None:
+            raise NotFound(f"run {name} not found")
+        return run
+
+    async def list_runs(self, account: str, offset: int, limit: int) -> tuple[list[RunRow], int]:
+        async with self.engine.connect() as conn:
+            runs = await self.repo.list_for_account(conn, account, offset, limit)
+            total = await self.repo.count_for_account(conn, account)
+        return runs, total
+
+    async def gpus_in_use(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            live = await self.repo.in_states(conn, LIVE)
+        used: dict[str, int] = defaultdict(int)
+        for run in live:
+            used[run.node or ""] += len(run.gpu_indices)
+        return used
+
+    def waiting(self, name: str) -> tuple[int, str]:
+        return self._waiting.get(name, (0, ""))
+
+    async def cancel(self, name: str, reason: int) -> RunRow:
+        reason = reason or run_pb2.TERMINATION_REASON_USER
+        async with self._lock:
+            async with self.engine.begin() as conn:
+                run = await self.repo.get(conn, name)
+                if run is None:
+                    raise NotFound(f"run {name} not found")
+                if run.state in TERMINAL:
+                    return run
+                run.cancel_requested = True
+                if run.state == QUEUED:
+                    await self._finish(conn, run, CANCELLED, reason, now_ms(), message="cancelled while queued")
+                elif not self.backend.cancel(run.name, run.attempt):
+                    # No runner to ask: it was not started yet, or it is gone.
+                    await self._finish(
+                        conn, run, CANCELLED, reason, now_ms(), message="cancelled before the runner ran"
+                    )
+                else:
+                    run.termination_reason = reason
+                    await self.repo.save(conn, run)
+            self._after_change(run)
+        return run
+
+    async def report(self, request: scheduler_pb2.ReportRunProgressRequest) -> bool:
+        """Applies a runner's report; returns whether the runner should stop."""
+        async with self._lock:
+            async with self.engine.begin() as conn:
+                run = await self.repo.get(conn, request.name)
+                if run is None:
+                    raise NotFound(f"run {request.name} not found")
+                if not run.run_token_hash or not hmac.compare_digest(
+                    run.run_token_hash, _hash_token(request.run_token)
+                ):
+                    raise PermissionDenied("the run token is not valid for this run", reason="RUN_TOKEN_INVALID")
+                if request.attempt != run.attempt:
+                    raise FailedPrecondition(f"attempt {request.attempt} is not the run's current attempt")
+                if run.state in TERMINAL:
+                    if request.state == run.state:
+                        return run.cancel_requested  # a retried final report
+                    raise FailedPrecondition(f"the run already ended {state_name(run.state)}")
+                if not may_advance(run.state, request.state):
+                    raise FailedPrecondition(f"cannot go from {state_name(run.state)} to {state_name(request.state)}")
+                time_ms = self._clamp(run, request.event_time if request.HasField("event_time") else None)
+                if request.state in TERMINAL:
+                    await self._finish(
+                        conn,
+                        run,
+                        request.state,
+                        request.termination_reason,
+                        time_ms,
+                        exit_code=request.exit_code if request.HasField("exit_code") else None,
+                        message=request.message,
+                        log_tail=list(request.log_tail),
+                    )
+                else:
+                    await self._enter(conn, run, request.state, time_ms)
+                    await self.repo.save(conn, run)
+            self._after_change(run)
+            log.info("%s is %s", run.name, state_name(run.state))
+            return run.cancel_requested
+
+    async def watch(self, name: str) -> AsyncIterator[RunRow]:
+        queue: asyncio.Queue[None] = asyncio.Queue()
+        self._watchers[name].add(queue)
+        try:
+            run = await self.get(name)
+            yield run
+            while run.state not in TERMINAL:
+                await queue.get()
+                while not queue.empty():
+                    queue.get_nowait()
+                run = await self.get(name)
+                yield run
+        finally:
+            self._watchers[name].discard(queue)
+            if not self._watchers[name]:
+                self._watchers.pop(name, None)
+
+    async def logs(self, name: str, follow: bool) -> AsyncIterator[bytes]:
+        run = await self.get(name)
+        if run.attempt == 0:
+            if not follow:
+                return
+            async for run in self.watch(name):
+                if run.attempt > 0 or run.state in TERMINAL:
+                    break
+            if run.attempt == 0:
+                return
+        attempt = run.attempt
+
+        async def is_live() -> bool:
+            current = await self.get(name)
+            return current.attempt == attempt and current.state not in TERMINAL
+
+        async for chunk in self.backend.read_log(name, attempt, follow, is_live):
+            yield chunk
+
+    # ---- transitions -------------------------------------------------------------------------
+
+    def _clamp(self, run: RunRow, reported: Timestamp | None) -> int:
+        """The runner's clock, kept between the run's last recorded transition and now."""
+        now = now_ms()
+        last = run.transitions[-1][1] if run.transitions else now
+        if reported is None:
+            return now
+        return min(now, max(last, reported.ToMilliseconds()))
+
+    async def _enter(self, conn: AsyncConnection, run: RunRow, state: int, time_ms: int) -> None:
+        run.state = state
+        run.transitions.append((state, time_ms))
+        await self.repo.add_transition(conn, run.name, run.attempt, state, time_ms)
+
+    async def _finish(
+        self,
+        conn: AsyncConnection,
+        run: RunRow,
+        state: int,
+        reason: int,
+        time_ms: int,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+        log_tail: list[str] | None = None,
+    ) -> None:
+        """Ends the run; closes its usage interval in the same transaction when one is open."""
+        held_gpus = run.state in LIVE
+        await self._enter(conn, run, state, time_ms)
+        run.termination_reason = reason
+        run.exit_code = exit_code
+        run.message = message
+        run.log_tail = log_tail or []
+        await self.repo.save(conn, run)
+        if held_gpus:
+            await self._add_usage_event(conn, run, metering_pb2.USAGE_EVENT_KIND_CLOSE, time_ms)
+
+    async def _add_usage_event(self, conn: AsyncConnection, run: RunRow, kind: int, time_ms: int) -> None:
+        kind_name = "open" if kind == metering_pb2.USAGE_EVENT_KIND_OPEN else "close"
+        event = metering_pb2.UsageEvent(
+            event_id=f"{run.name}/attempts/{run.attempt}/{kind_name}",
+            account=f"accounts/{run.account}",
+            run=run.name,
+            attempt=run.attempt,
+            kind=kind,  # type: ignore[arg-type]
+            gpus=run.gpus,
+            gpu_type=run.gpu_type or "",
+            node=run.node or "",
+        )
+        event.event_time.FromMilliseconds(time_ms)
+        await self.repo.add_event(conn, event.event_id, event.SerializeToString(), run.trace_carrier, now_ms())
+
+    def _after_change(self, run: RunRow) -> None:
+        for queue in self._watchers.get(run.name, ()):
+            queue.put_nowait(None)
+        if run.state in TERMINAL:
+            self._wake.set()
+            self._outbox_wake.set()
+            if run.grant_name:
+                self._spawn(self._revoke(run.grant_name))
+
+    async def _revoke(self, grant_name: str) -> None:
+        try:
+            await self.peers.revoke(grant_name)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("could not revoke grant %s: %s", grant_name, exc.code().name)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- decision rounds -------------------------------------------------------------------
+
+    async def dispatch_loop(self) -> None:
+        self._wake.set()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._round()
+            except Exception:
+                log.exception("decision round failed; retrying")
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    async def _round(self) -> None:
+        launches: list[tuple[RunRow, str]] = []
+        async with self._lock:
+            async with self.engine.connect() as conn:
+                queued = await self.repo.in_states(conn, {QUEUED})
+                live = await self.repo.in_states(conn, LIVE)
+            if not queued:
+                self._waiting = {}
+                return
+            decisions = decide(
+                [QueuedRun(r.name, r.account, r.tier, r.gpus, r.gpu_type_wanted, r.created_ms) for r in queued],
+                [LiveRun(r.name, r.account, r.node or "", tuple(r.gpu_indices)) for r in live],
+                self.nodes,
+                {name: tier.max_gpus for name, tier in self.settings.tiers.items()},
+            )
+            self._waiting = decisions.waiting
+            by_name = {r.name: r for r in queued}
+            async with self.engine.begin() as conn:
+                for assignment in decisions.assignments:
+                    run = by_name[assignment.run]
+                    run.transitions = [(QUEUED, run.created_ms)]
+                    token = secrets.token_urlsafe(32)
+                    run.attempt += 1
+                    run.node, run.gpu_type = assignment.node, assignment.gpu_type
+                    run.gpu_indices = list(assignment.gpu_indices)
+                    run.run_token_hash = _hash_token(token)
+                    time_ms = now_ms()
+                    await self._enter(conn, run, ASSIGNED, time_ms)
+                    await self.repo.save(conn, run)
+                    await self._add_usage_event(conn, run, metering_pb2.USAGE_EVENT_KIND_OPEN, time_ms)
+                    launches.append((run, token))
+        if launches:
+            self._outbox_wake.set()
+        for run, token in launches:
+            self._after_change(run)
+            log.info("assigned %s to %s GPUs %s", run.name, run.node, run.gpu_indices)
+            self._spawn(self._launch(run, token))
+
+    async def _launch(self, run: RunRow, token: str) -> None:
+        """Gets the run's grant and starts its runner; a failure ends the run (infrastructure)."""
+        with bound_run(run.name), span_from_carrier(TRACER, "launch run", run.trace_carrier):
+            try:
+                launch, grant_name = await self._prepare_launch(run, token)
+            except grpc.aio.AioRpcError as exc:
+                await self._fail_attempt(run, f"could not get a storage grant: {exc.details()}")
+                return
+            async with self._lock:
+                async with self.engine.begin() as conn:
+                    current = await self.repo.get(conn, run.name)
+                    if current is None or current.attempt != run.attempt or current.state != ASSIGNED:
+                        self._spawn(self._revoke(grant_name))
+                        return
+                    current.grant_name = grant_name
+                    await self.repo.save(conn, current)
+                try:
+                    await self.backend.start(launch)
+                except OSError as exc:
+                    log.exception("could not start the runner")
+                    self._spawn(self._fail_attempt(run, f"could not start the runner: {exc}"))
+                    return
+            self._spawn(self._watch_runner(run.name, run.attempt))
+
+    async def _prepare_launch(self, run: RunRow, token: str) -> tuple[RunnerLaunch, str]:
+        spec = run_pb2.RunSpec.FromString(run.spec)
+        run_id = run.name.rsplit("/", 1)[-1]
+        results = run_pb2.ObjectLocation(
+            connection=spec.training_results.connection,
+            bucket=spec.training_results.bucket,
+            prefix=str(PurePosixPath(spec.training_results.prefix or ".", run_id)).removeprefix("./"),
+        )
+        reads: list[run_pb2.ObjectLocation] = []
+        if spec.training_data.bucket:
+            reads.append(spec.training_data)
+        if run.code:
+            reads.append(run_pb2.ObjectLocation.FromString(run.code))
+        tier = self.settings.tiers[run.tier]
+        max_runtime_s = tier.max_runtime_s
+        if spec.HasField("max_runtime") and spec.max_runtime.seconds > 0:
+            max_runtime_s = min(max_runtime_s, spec.max_runtime.seconds)
+        grant = await self.peers.grant_run(
+            run.account, run.name, run.attempt, reads, results, max_runtime_s + self.settings.grant_margin_s
+        )
+        paths = [access.local.path for access in grant.accesses]
+        data_path = paths[0] if spec.training_data.bucket else None
+        code_path = paths[len(reads) - 1] if run.code else None
+        envs = self.settings.framework_envs
+        framework = spec.framework
+        python_bin_dir = (
+            envs.get(f"{framework.name}:{framework.version}")
+            or envs.get(framework.name)
+            or str(Path(sys.executable).parent)
+        )
+        launch = RunnerLaunch(
+            run=run.name,
+            run_id=run_id,
+            attempt=run.attempt,
+            run_token=token,
+            scheduler_address=self.callback_address,
+            command=spec.command,
+            python_bin_dir=python_bin_dir,
+            gpu_indices=run.gpu_indices,
+            num_learners=max(1, spec.resources.learners),
+            environment=dict(spec.environment),
+            code_archive_path=code_path,
+            data_path=data_path,
+            results_path=paths[-1],
+            max_runtime_s=max_runtime_s,
+            trace_carrier=current_carrier(),
+        )
+        return launch, grant.name
+
+    async def _fail_attempt(self, run: RunRow, message: str, final: dict[str, object] | None = None) -> None:
+        """Ends a live attempt whose runner is gone: with the runner's own last word if it left one."""
+        async with self._lock:
+            async with self.engine.begin() as conn:
+                current = await self.repo.get(conn, run.name)
+                if current is None or current.attempt != run.attempt or current.state not in LIVE:
+                    return
+                state: int = FAILED
+                reason: int = run_pb2.TERMINATION_REASON_INFRASTRUCTURE
+                exit_code: int | None = None
+                log_tail: list[str] = []
+                if final and final.get("state") in ("RUN_STATE_COMPLETED", "RUN_STATE_FAILED", "RUN_STATE_CANCELLED"):
+                    state = run_pb2.RunState.Value(str(final["state"]))
+                    reason = run_pb2.TerminationReason.Value(
+                        str(final.get("termination_reason") or "TERMINATION_REASON_UNSPECIFIED")
+                    )
+                    message = str(final.get("message") or "")
+                    code = final.get("exit_code")
+                    exit_code = code if isinstance(code, int) else None
+                    tail = final.get("log_tail")
+                    log_tail = [str(line) for line in tail] if isinstance(tail, list) else []
+                elif current.cancel_requested:
+                    state, reason = CANCELLED, current.termination_reason or run_pb2.TERMINATION_REASON_USER
+                await self._finish(
+                    conn, current, state, reason, now_ms(), exit_code=exit_code, message=message, log_tail=log_tail
+                )
+            self._after_change(current)
+            log.warning("%s ended %s: %s", run.name, state_name(current.state), message)
+
+    async def _watch_runner(self, name: str, attempt: int) -> None:
+        await self.backend.wait(name, attempt)
+        run = await self.get(name)
+        if run.attempt == attempt and run.state in LIVE:
+            final = self.backend.final_state(name, attempt)
+            await self._fail_attempt(run, "the runner exited without reporting an end state", final)
+
+    # ---- start-up ------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Adopts live runners, ends attempts whose runner is gone, relaunches unstarted ones."""
+        async with self.engine.connect() as conn:
+            live = await self.repo.in_states(conn, LIVE)
+        for run in live:
+            with bound_run(run.name):
+                if self.backend.is_alive(run.name, run.attempt):
+                    log.info("adopted the running runner of %s", run.name)
+                    self._spawn(self._watch_runner(run.name, run.attempt))
+                elif run.state == ASSIGNED and self.backend.pid(run.name, run.attempt) is None:
+                    token = secrets.token_urlsafe(32)
+                    async with self.engine.begin() as conn:
+                        run.run_token_hash = _hash_token(token)
+                        await self.repo.save(conn, run)
+                    log.info("relaunching %s, assigned but never started", run.name)
+                    self._spawn(self._launch(run, token))
+                else:
+                    final = self.backend.final_state(run.name, run.attempt)
+                    await self._fail_attempt(run, "the runner ended while the scheduler was down", final)
+
+    # ---- outbox --------------------------------------------------------------------------
+
+    async def outbox_loop(self) -> None:
+        backoff = 0.2
+        while True:
+            self._outbox_wake.clear()
+            async with self.engine.connect() as conn:
+                pending = await self.repo.pending_events(conn, 100)
+            if not pending:
+                await self._outbox_wake.wait()
+                continue
+            try:
+                for event_id, payload, carrier in pending:
+                    with span_from_carrier(TRACER, "deliver usage event", carrier):
+                        await self.peers.record([metering_pb2.UsageEvent.FromString(payload)])
+                    async with self.engine.begin() as conn:
+                        await self.repo.mark_delivered(conn, [event_id], now_ms())
+                backoff = 0.2
+            except grpc.aio.AioRpcError as exc:
+                log.warning("metering unreachable (%s); retrying in %.1f s", exc.code().name, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,47 @@
+"""Scheduler settings, from DLAAS_SCHEDULER_* environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class Tier(BaseModel):
+    """What an account of a tier may use."""
+
+    max_gpus: int = Field(ge=0, description="GPUs the account's running runs may hold at once")
+    max_runtime_s: int = Field(default=86_400, gt=0)
+
+
+DEFAULT_TIERS = {
+    "free": Tier(max_gpus=1, max_runtime_s=4 * 3600),
+    "standard": Tier(max_gpus=8),
+    "premium": Tier(max_gpus=64, max_runtime_s=7 * 86_400),
+}
+
+
+class SchedulerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DLAAS_SCHEDULER_", extra="ignore")
+
+    database_url: str = "sqlite:///dlaas-scheduler.db"
+    storage_address: str = "127.0.0.1:50053"
+    metering_address: str = "127.0.0.1:50054"
+    # Address runners call back on; empty means 127.0.0.1:<bound port>.
+    callback_address: str = ""
+    backend: Literal["local"] = "local"
+    # Where the local backend keeps each run's working directory.
+    jobs_dir: str = "jobs"
+    # GPUs: "auto" uses NVML when it finds GPUs, else `virtual_gpus` CPU-backed slots.
+    gpu_discovery: Literal["auto", "nvml", "virtual"] = "auto"
+    virtual_gpus: int = Field(default=2, ge=0)
+    node_name: str = "local"
+    tiers: dict[str, Tier] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
+    # Framework environment per "name" or "name:version": the bin directory of its Python.
+    # Frameworks not listed run in the environment dlaas runs in.
+    framework_envs: dict[str, str] = Field(default_factory=dict)
+    # A grant lives for the run's max runtime plus this margin.
+    grant_margin_s: int = 600
