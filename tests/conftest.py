@@ -9,6 +9,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.support import SPANS, Platform, start_platform
 
 POSTGRES_ADMIN_URL = os.environ.get("DLAAS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -66,4 +69,14 @@ def sqlite_databases(tmp_path: Path) -> DatabaseFactory:
     return DatabaseFactory("sqlite", tmp_path, None)
 
 
-__all__ = ["AsyncIterator", "DatabaseFactory"]
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    SPANS.clear()
+    return SPANS
+
+
+@pytest.fixture
+async def platform(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Platform]:
+    started = await start_platform(databases, tmp_path)
+    yield started
+    await started.stop()

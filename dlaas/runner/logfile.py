@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -28,10 +29,8 @@ class TrainingLog:
     def line(self, text: str) -> None:
         """Write ``[dlaas] text``. Keep ``name=value`` out of it: such lines read as metrics."""
         data = (PREFIX + text.replace("\n", " ") + "\n").encode("utf-8", errors="replace")
-        try:
+        with contextlib.suppress(OSError):  # a full disk must not stop the run from reporting its end
             os.write(self._fd, data)
-        except OSError:
-            pass  # a full disk must not stop the run from reporting its end
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size

@@ -138,7 +138,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             await context.abort_with_status(to_status(exc))
         if isinstance(exc, grpc.aio.AioRpcError):
             # A downstream service's answer travels on unchanged, details included.
-            await context.abort(exc.code(), exc.details() or "", trailing_metadata=exc.trailing_metadata() or ())
+            await context.abort(exc.code(), exc.details() or "", trailing_metadata=tuple(exc.trailing_metadata() or ()))
         log.exception("unhandled error in %s", method)
         status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; the service logged it")
         await context.abort_with_status(rpc_status.to_status(status))

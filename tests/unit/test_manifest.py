@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -328,12 +331,15 @@ def test_wml_problems_are_reported_on_wml_paths() -> None:
         "model_definition.execution.compute_configuration.name",
         "training_data_reference.source.bucket",
     }
-    assert "k80, k80x2, k80x4, p100, p100x2, v100, v100x2" in violations[
-        "model_definition.execution.compute_configuration.name"
-    ]
+    assert (
+        "k80, k80x2, k80x4, p100, p100x2, v100, v100x2"
+        in violations["model_definition.execution.compute_configuration.name"]
+    )
 
 
-@pytest.mark.parametrize(("manifest", "path"), [(FFDL_MANIFEST, "framework.name"), (WML_MANIFEST, "model_definition.framework.name")])
+@pytest.mark.parametrize(
+    ("manifest", "path"), [(FFDL_MANIFEST, "framework.name"), (WML_MANIFEST, "model_definition.framework.name")]
+)
 def test_framework_not_offered_lists_the_accepted_ones(manifest: str, path: str) -> None:
     violations = violations_of(manifest, {"pytorch": [], "python": []})
 
@@ -373,6 +379,13 @@ def test_long_strings_are_refused_but_commands_may_be_longer() -> None:
 
     assert len(parse(f"name: n\nframework: python\ncommand: {long_command}\n").spec.command) > 4096
     assert set(violations_of(f"name: {'n' * 4097}\nframework: python\ncommand: 'true'\n")) == {"name"}
+
+
+def test_json_surrogate_pairs_are_joined_and_lone_ones_refused() -> None:
+    manifest = {"name": "\U0001f600 digits", "framework": "python", "command": "true"}
+
+    assert parse(json.dumps(manifest)).spec.display_name == "\U0001f600 digits"
+    assert "surrogate" in violations_of(json.dumps(manifest).replace("\\ude00", ""))["manifest"]
 
 
 def test_syntax_errors_name_the_line() -> None:
@@ -457,9 +470,7 @@ def test_framework_refusals() -> None:
     assert set(violations_of("name: n\ncommand: 'true'\n")) == {"framework"}
     assert set(violations_of("name: n\nframework: jax\ncommand: 'true'\n")) == {"framework"}
     assert set(violations_of("name: n\nframework: 'pytorch:1.0'\ncommand: 'true'\n")) == {"framework"}
-    assert set(violations_of("name: n\nframework: {name: pytorch, extra: 1}\ncommand: 'true'\n")) == {
-        "framework.extra"
-    }
+    assert set(violations_of("name: n\nframework: {name: pytorch, extra: 1}\ncommand: 'true'\n")) == {"framework.extra"}
     assert set(violations_of("name: n\nframework: {version: '2.13'}\ncommand: 'true'\n")) == {"framework.name"}
     assert set(violations_of("name: n\nframework: {name: python, version: 'a b'}\ncommand: 'true'\n")) == {
         "framework.version"
@@ -559,6 +570,7 @@ def test_mutated_examples_never_raise_anything_else(manifest: str, mutations: li
     for route, value in mutations:
         _replace_somewhere(document, route, value)
     _parses_or_refuses(yaml.safe_dump(document))
+    _parses_or_refuses(json.dumps(document))
 
 
 def _replace_somewhere(document: Any, route: list[int], value: Any) -> None:
@@ -574,3 +586,26 @@ def _replace_somewhere(document: Any, route: list[int], value: Any) -> None:
             node[key] = value
             return
         node = child
+
+
+# --- the documentation's examples --------------------------------------------------------------
+
+_DOCS = Path(__file__).resolve().parents[2] / "docs" / "manifest.md"
+
+
+def _documented(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", _DOCS.read_text(), flags=re.DOTALL)
+
+
+def test_documented_manifests_parse() -> None:
+    formats = [parse(example).spec.source_format for example in _documented("yaml")]
+
+    assert formats == ["dlaas", "dlaas", "ffdl", "wml"]
+
+
+def test_documented_normalized_forms_match() -> None:
+    manifests = _documented("yaml")
+    specs = [json_format.ParseDict(json.loads(text), run_pb2.RunSpec()) for text in _documented("json")]
+
+    assert specs == [parse(manifests[0]).spec, parse(manifests[2]).spec, parse(manifests[3]).spec]
+    assert manifests[2].strip() == FFDL_MANIFEST.strip() and manifests[3].strip() == WML_MANIFEST.strip()

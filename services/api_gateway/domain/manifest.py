@@ -111,7 +111,7 @@ class ParsedManifest:
 
 def inline_connection_name(endpoint: str, access_key_id: str) -> str:
     # Deterministic, so that resubmitting the same manifest reuses one connection.
-    digest = hashlib.sha256((endpoint + access_key_id).encode("utf-8", "surrogatepass")).hexdigest()
+    digest = hashlib.sha256((endpoint + access_key_id).encode()).hexdigest()
     return f"inline-{digest[:8]}"
 
 
@@ -188,6 +188,21 @@ class _ManifestLoader(yaml.SafeLoader):
                     raise ConstructorError(None, None, f"duplicate key {key_node.value[:64]!r}", key_node.start_mark)
                 seen.add(identity)
         return super().construct_mapping(node, deep)
+
+    def construct_scalar(self, node: ScalarNode | MappingNode) -> str:
+        value = super().construct_scalar(node)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # PyYAML leaves JSON's "\ud83d\ude00" as two surrogates, which no protobuf string
+            # accepts: join the pairs as JSON does, and refuse the lone ones.
+            try:
+                return value.encode("utf-16", "surrogatepass").decode("utf-16")
+            except UnicodeDecodeError:
+                raise ConstructorError(
+                    None, None, "a lone UTF-16 surrogate escape is not text", node.start_mark
+                ) from None
+        return value
 
     def construct_yaml_float(self, node: ScalarNode) -> float:
         number = _FloatText(super().construct_yaml_float(node))
@@ -331,7 +346,7 @@ class _Checker:
             self.add(path, f"must be a whole number, not {_kind(value)}.")
             return default
         if not low <= value <= high:
-            self.add(path, f"must be between {low} and {high}, not {value}.")
+            self.add(path, f"must be between {low} and {high}, not {_show(str(value))}.")
             return default
         return value
 

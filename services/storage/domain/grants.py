@@ -85,7 +85,7 @@ def validate_create(request: CreateGrant, max_ttl_s: int) -> ValidGrantRequest:
     for index, access in enumerate(request.accesses):
         violations.extend(location_violations(access.location, f"accesses[{index}].location"))
         if access.mode is None:
-            violations.append(FieldViolation(f"accesses[{index}].mode", "must be ACCESS_MODE_READ or ACCESS_MODE_WRITE"))
+            violations.append(FieldViolation(f"accesses[{index}].mode", "must be READ or WRITE"))
     violations.extend(ttl_violations(request.ttl_ms, max_ttl_s))
     if len(request.request_id) > MAX_REQUEST_ID_CHARS:
         violations.append(FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"))

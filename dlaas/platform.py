@@ -1,0 +1,190 @@
+"""The embedded default: the four services as separate processes on localhost, one data dir.
+
+`dlaas up` starts them (SQLite files, a local object store and the jobs of the local backend
+under DLAAS_HOME), `dlaas status` checks them, `dlaas down` stops them. Runners are not stopped
+by `down`: they outlive the services and report again when the platform is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICES = ("metering", "storage", "scheduler", "api_gateway")
+_PREFIX = {"metering": "METERING", "storage": "STORAGE", "scheduler": "SCHEDULER", "api_gateway": "GATEWAY"}
+STATE_FILE = "platform.json"
+
+
+def home() -> Path:
+    return Path(os.environ.get("DLAAS_HOME", "~/.dlaas")).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    name: str
+    pid: int
+    port: int
+    metrics_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class PlatformError(Exception):
+    pass
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def read_state(root: Path | None = None) -> dict[str, ServiceProcess]:
+    path = (root or home()) / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: ServiceProcess(**entry) for name, entry in data.get("services", {}).items()}
+
+
+def gateway_address(root: Path | None = None) -> str | None:
+    if os.environ.get("DLAAS_ENDPOINT"):
+        return os.environ["DLAAS_ENDPOINT"]
+    state = read_state(root)
+    return state["api_gateway"].address if "api_gateway" in state else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def healthy(address: str, timeout: float = 1.0) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def service_env(root: Path, ports: dict[str, int], metrics: dict[str, int]) -> dict[str, dict[str, str]]:
+    """Each service's environment: its port, its SQLite file, its peers, the shared data dir."""
+    peers = {
+        "SCHEDULER_ADDRESS": f"127.0.0.1:{ports['scheduler']}",
+        "STORAGE_ADDRESS": f"127.0.0.1:{ports['storage']}",
+        "METERING_ADDRESS": f"127.0.0.1:{ports['metering']}",
+    }
+    envs: dict[str, dict[str, str]] = {}
+    for name in SERVICES:
+        prefix = f"DLAAS_{_PREFIX[name]}_"
+        env = {
+            "PORT": str(ports[name]),
+            "METRICS_PORT": str(metrics[name]),
+            "DATABASE_URL": f"sqlite:///{root / 'db' / f'{name}.db'}",
+        }
+        if name in ("api_gateway", "scheduler"):
+            env.update({k: v for k, v in peers.items() if not k.startswith(_PREFIX[name])})
+        if name == "storage":
+            env["OBJECTS_DIR"] = str(root / "objects")
+        if name == "scheduler":
+            env["JOBS_DIR"] = str(root / "jobs")
+        envs[name] = {prefix + key: value for key, value in env.items()}
+    return envs
+
+
+def up(root: Path | None = None, timeout: float = 60.0) -> dict[str, ServiceProcess]:
+    root = root or home()
+    running = read_state(root)
+    if running and all(alive(p.pid) for p in running.values()):
+        return running
+    if running:
+        down(root)
+    for sub in ("db", "objects", "jobs", "logs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    all_ports = _free_ports(2 * len(SERVICES))
+    ports = dict(zip(SERVICES, all_ports[: len(SERVICES)], strict=True))
+    metrics = dict(zip(SERVICES, all_ports[len(SERVICES) :], strict=True))
+    envs = service_env(root, ports, metrics)
+    started: dict[str, ServiceProcess] = {}
+    for name in SERVICES:
+        env = {**os.environ, **envs[name]}
+        with open(root / "logs" / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=root,
+                start_new_session=True,  # the platform outlives the shell that started it
+            )
+        started[name] = ServiceProcess(name, process.pid, ports[name], metrics[name])
+    _write_state(root, started)
+    deadline = time.monotonic() + timeout
+    for name, proc in started.items():
+        while not healthy(proc.address):
+            if not alive(proc.pid) or time.monotonic() > deadline:
+                tail = _tail(root / "logs" / f"{name}.log")
+                down(root)
+                raise PlatformError(f"{name} did not start; the end of its log:\n{tail}")
+            time.sleep(0.1)
+    return started
+
+
+def down(root: Path | None = None, timeout: float = 15.0) -> list[str]:
+    root = root or home()
+    state = read_state(root)
+    for proc in state.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in state.values():
+        while alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        (root / STATE_FILE).unlink()
+    return list(state)
+
+
+def _write_state(root: Path, services: dict[str, ServiceProcess]) -> None:
+    data = {"services": {name: proc.__dict__ for name, proc in services.items()}}
+    tmp = root / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, root / STATE_FILE)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

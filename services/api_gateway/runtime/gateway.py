@@ -1,0 +1,192 @@
+"""The gateway's application layer: authenticate → validate → store → hand to the scheduler.
+
+Account scoping: every call acts as one account; a resource of another account is NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from dlaas.metering.v1 import metering_pb2
+from dlaas.scheduler.v1 import scheduler_pb2
+from dlaas.storage.v1 import storage_pb2
+from dlaas.types.v1 import run_pb2
+from services.api_gateway.adapters.db import SpecRepository, StoredSpec
+from services.api_gateway.adapters.peers import Peers
+from services.api_gateway.domain.manifest import ParsedManifest, parse_manifest
+from services.api_gateway.settings import GatewaySettings
+from services.common import names
+from services.common.errors import InvalidArgument, NotFound
+from services.common.timeutil import now_ms
+
+log = logging.getLogger(__name__)
+
+# Errors from the scheduler after which the stored spec is removed: the submission did not happen.
+_REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, specs: SpecRepository, peers: Peers):
+        self.settings = settings
+        self.specs = specs
+        self.peers = peers
+
+    # ---- names ---------------------------------------------------------------------------
+
+    def account_parent(self, account: str, parent: str) -> str:
+        """The caller's own account; naming another one is NOT_FOUND (no existence leak)."""
+        if parent and names.parse_account(parent) != account:
+            raise NotFound(f"{parent} not found")
+        return names.account_name(account)
+
+    def run_name(self, account: str, name: str, field: str = "name") -> str:
+        """A run id or a full run name, resolved within the caller's account."""
+        if names.is_id(name):
+            return names.run_name(account, name)
+        owner, _ = names.parse_run(name, field)
+        if owner != account:
+            raise NotFound(f"run {name} not found")
+        return name
+
+    # ---- runs ----------------------------------------------------------------------------
+
+    def parse(self, manifest: str) -> ParsedManifest:
+        if not manifest.strip():
+            raise InvalidArgument.field("manifest", "is required")
+        return parse_manifest(manifest, frameworks=self.settings.frameworks)
+
+    async def create_run(
+        self, account: str, tier: str, manifest: str, code_archive: bytes, request_id: str
+    ) -> scheduler_pb2.Run:
+        parsed = self.parse(manifest)
+        if len(code_archive) > self.settings.max_code_archive_bytes:
+            raise InvalidArgument.field(
+                "code_archive", f"is {len(code_archive)} bytes; at most {self.settings.max_code_archive_bytes}"
+            )
+        if len(request_id) > 200:
+            raise InvalidArgument.field("request_id", "must be at most 200 characters")
+        if request_id:
+            earlier = await self.specs.by_request(account, request_id)
+            if earlier is not None:
+                return await self._resubmit(earlier, tier)
+
+        run_id = "run-" + uuid.uuid4().hex[:12]
+        name = names.run_name(account, run_id)
+        code: run_pb2.ObjectLocation | None = None
+        if code_archive:
+            code = run_pb2.ObjectLocation(bucket=self.settings.code_bucket, prefix=f"{run_id}/model.tar.gz")
+            await self.peers.storage.WriteObject(
+                storage_pb2.WriteObjectRequest(parent=names.account_name(account), location=code, data=code_archive),
+                timeout=60,
+            )
+        stored = StoredSpec(
+            name, account, request_id or None, parsed.spec.SerializeToString(), code.prefix if code else None, False
+        )
+        if not await self.specs.add(stored, _redacted(manifest, parsed), now_ms()):
+            # Another call with the same request_id stored first: answer as it does.
+            earlier = await self.specs.by_request(account, request_id)
+            assert earlier is not None
+            return await self._resubmit(earlier, tier)
+        return await self._submit(stored, parsed.spec, code, tier)
+
+    async def _resubmit(self, stored: StoredSpec, tier: str) -> scheduler_pb2.Run:
+        if stored.submitted:
+            return await self.get_run(stored.name)
+        code = (
+            run_pb2.ObjectLocation(bucket=self.settings.code_bucket, prefix=stored.code_key)
+            if stored.code_key
+            else None
+        )
+        return await self._submit(stored, run_pb2.RunSpec.FromString(stored.spec), code, tier)
+
+    async def _submit(
+        self, stored: StoredSpec, spec: run_pb2.RunSpec, code: run_pb2.ObjectLocation | None, tier: str
+    ) -> scheduler_pb2.Run:
+        run = scheduler_pb2.Run(name=stored.name, spec=spec)
+        if code is not None:
+            run.code.CopyFrom(code)
+        try:
+            queued = await self.peers.scheduler.SubmitRun(
+                scheduler_pb2.SubmitRunRequest(run=run, tier=tier), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _REFUSALS:
+                await self.specs.remove(stored.name)  # nothing half-written
+            raise
+        await self.specs.mark_submitted(stored.name)
+        return queued
+
+    async def get_run(self, name: str) -> scheduler_pb2.Run:
+        return await self.peers.scheduler.GetRun(scheduler_pb2.GetRunRequest(name=name), timeout=30)
+
+    async def list_runs(self, parent: str, page_size: int, page_token: str) -> scheduler_pb2.ListRunsResponse:
+        return await self.peers.scheduler.ListRuns(
+            scheduler_pb2.ListRunsRequest(parent=parent, page_size=page_size, page_token=page_token), timeout=30
+        )
+
+    async def cancel_run(self, name: str) -> scheduler_pb2.Run:
+        return await self.peers.scheduler.CancelRun(
+            scheduler_pb2.CancelRunRequest(name=name, reason=run_pb2.TERMINATION_REASON_USER), timeout=30
+        )
+
+    async def watch_run(self, name: str) -> AsyncIterator[scheduler_pb2.Run]:
+        async for run in self.peers.scheduler.WatchRun(scheduler_pb2.WatchRunRequest(name=name)):
+            yield run
+
+    async def run_logs(self, name: str, follow: bool) -> AsyncIterator[scheduler_pb2.StreamRunLogsResponse]:
+        async for chunk in self.peers.scheduler.StreamRunLogs(
+            scheduler_pb2.StreamRunLogsRequest(name=name, follow=follow)
+        ):
+            yield chunk
+
+    # ---- data ----------------------------------------------------------------------------
+
+    async def grant(
+        self, account: str, location: run_pb2.ObjectLocation, mode: int, ttl_s: int, run: str = ""
+    ) -> storage_pb2.Grant:
+        request = storage_pb2.CreateGrantRequest(
+            parent=names.account_name(account),
+            run=run,
+            accesses=[storage_pb2.AccessRequest(location=location, mode=mode)],  # type: ignore[arg-type]
+            ttl=Duration(seconds=ttl_s),
+        )
+        return await self.peers.storage.CreateGrant(request, timeout=30)
+
+    async def results_grant(self, account: str, name: str) -> storage_pb2.Grant:
+        run = await self.get_run(name)
+        if not run.status.HasField("results"):
+            raise NotFound(f"run {name} has no results yet: it has not started")
+        return await self.grant(account, run.status.results, storage_pb2.ACCESS_MODE_READ, 3600, run=name)
+
+    async def list_objects(
+        self, account: str, location: run_pb2.ObjectLocation, page_size: int, page_token: str
+    ) -> storage_pb2.ListObjectsResponse:
+        request = storage_pb2.ListObjectsRequest(
+            parent=names.account_name(account), location=location, page_size=page_size, page_token=page_token
+        )
+        return await self.peers.storage.ListObjects(request, timeout=30)
+
+    async def usage(
+        self, account: str, run: str, page_size: int, page_token: str
+    ) -> metering_pb2.ListUsageRecordsResponse:
+        request = metering_pb2.ListUsageRecordsRequest(
+            parent=names.account_name(account),
+            run=self.run_name(account, run, "run") if run else "",
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self.peers.metering.ListUsageRecords(request, timeout=30)
+
+
+def _redacted(manifest: str, parsed: ParsedManifest) -> str:
+    """The manifest as submitted, with inline credentials blanked out: they are never stored."""
+    for connection in parsed.inline_connections:
+        for secret in (connection.secret_access_key, connection.access_key_id):
+            if secret:
+                manifest = manifest.replace(secret, "****")
+    return manifest

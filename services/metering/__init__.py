@@ -1,0 +1,1 @@
+"""Metering: applies usage events exactly once and reports GPU time per account."""
