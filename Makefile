@@ -39,7 +39,10 @@ test: install
 	$(BIN)/pytest
 
 demo: install
-	$(PY) -m dlaas.demo
+	$(PY) examples/demo.py
+
+# The embedded default keeps its data in ./.dlaas unless DLAAS_HOME says otherwise.
+export DLAAS_HOME ?= $(CURDIR)/.dlaas
 
 up: install
 	$(BIN)/dlaas up

@@ -162,3 +162,12 @@ async def read_logs(client: gateway_pb2_grpc.TrainingServiceStub, name: str) -> 
 
 def results_dir(grant: gateway_pb2.DataGrant) -> Path:
     return Path(grant.local.path)
+
+
+def process_gone(pid: int) -> bool:
+    """True when no process `pid` runs; a zombie (exited, not yet reaped by its parent) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")

@@ -31,10 +31,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
 
     t = Table(box=None, pad_edge=False, header_style="bold")
     for header in headers:
-        t.add_column(header)
+        t.add_column(header, no_wrap=True)
     for row in rows:
         t.add_row(*[str(cell) for cell in row])
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=250)  # pipes and files get whole lines
+    console.print(t)
 
 
 def state(value: int) -> str:

@@ -6,7 +6,9 @@ reports catch up. Each update is tried at least once; a non-terminal one is retr
 exponential backoff for up to 30 s, and no longer once a newer update is waiting; the terminal
 one is retried for up to an hour. NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED and
 UNAUTHENTICATED mean the scheduler no longer wants this attempt: ``taken_away`` is set and
-nothing more is sent.
+nothing more is sent. One exception: FAILED_PRECONDITION in answer to a resent non-terminal
+update means the first try was applied (the scheduler does not move a run to the state it is
+in), so the update counts as delivered.
 """
 
 from __future__ import annotations
@@ -141,12 +143,20 @@ class Reporter:
         policy = self._terminal_retry if progress.terminal else self._non_terminal_retry
         deadline = time.monotonic() + policy.budget_s
         state_name = _state_name(progress)
+        resent = False  # an earlier try failed after the request may have reached the scheduler
         for delay in policy.delays():
             try:
                 response = stub.ReportRunProgress(request, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
             except grpc.RpcError as error:
                 code = _code_of(error)
                 detail = f"{code.name if code else 'UNKNOWN'}: {_details_of(error)}"
+                if code == grpc.StatusCode.FAILED_PRECONDITION and resent and not progress.terminal:
+                    # The scheduler refuses a state it already has: our earlier try was applied
+                    # and only its answer was lost. Not a reason to stop the command.
+                    logger.warning(
+                        "scheduler refused a resent %s (%s): taking it as applied", state_name, detail
+                    )
+                    return True
                 if code in _TAKEN_AWAY_CODES:
                     logger.warning(
                         "scheduler refused %s (%s): this attempt was taken away", state_name, detail
@@ -166,6 +176,7 @@ class Reporter:
                     logger.warning("skipping report of %s (%s): a newer state is waiting", state_name, detail)
                     return False
                 logger.info("reporting %s failed (%s); retrying in %.1f s", state_name, detail, delay)
+                resent = True
                 if not self._sleep(delay):
                     return False
                 continue

@@ -204,9 +204,10 @@ class Runner:
         began = time.monotonic()
         staged = staging.stage_data(self.config.data_path, dirs.data)
         if self.config.data_path is not None:
-            unchanged = f", {staged.skipped} already there" if staged.skipped else ""
+            notes = [f"{staged.linked} linked"] if staged.linked else []
+            notes += [f"{staged.skipped} already there"] if staged.skipped else []
             self._log.line(
-                f"staged {files_phrase(staged.files)} ({human_size(staged.bytes)}){unchanged}"
+                f"staged {files_phrase(staged.files)} ({'; '.join([human_size(staged.bytes), *notes])})"
                 f" in {time.monotonic() - began:.2f} s"
             )
 
@@ -273,6 +274,7 @@ class Runner:
     ) -> int:
         """End before the command ran: say why in the log, upload what there is, report."""
         self._log.line(message)
+        self._log_end = self._log.size()
         _, upload_error = self._upload()
         if upload_error:
             message += f"; upload failed: {upload_error}"

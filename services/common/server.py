@@ -63,6 +63,8 @@ def _run_of(request: object) -> str:
     """The run a request is about, for the logs."""
     for attr in ("name", "run"):
         value = getattr(request, attr, "")
+        if not isinstance(value, str):
+            value = getattr(value, "name", "")  # a request that carries the run itself
         if isinstance(value, str) and "/runs/" in value:
             return value
     return ""

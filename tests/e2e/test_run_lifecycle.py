@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from grpc_status import rpc_status
 
 from dlaas.gateway.v1 import gateway_pb2
 from dlaas.types.v1 import run_pb2
-from tests.support import Platform, manifest, pack, read_logs, submit, transition_ms, wait_for
+from tests.support import Platform, manifest, pack, process_gone, read_logs, submit, transition_ms, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -120,9 +119,7 @@ async def test_cancel_while_running_kills_the_tree_uploads_partial_results_and_c
 
     assert done.status.state == run_pb2.RUN_STATE_CANCELLED
     assert done.status.termination_reason == run_pb2.TERMINATION_REASON_USER
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    assert all(process_gone(pid) for pid in pids), pids
     results = await platform.client.CreateRunResultsGrant(gateway_pb2.CreateRunResultsGrantRequest(name=run.name))
     assert Path(results.local.path, "partial.txt").read_text() == "epoch 1"
     usage = await usage_ms(platform, run.name)

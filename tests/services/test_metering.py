@@ -215,7 +215,7 @@ async def test_pages_oldest_first_with_total_over_all_pages(metering: Metering) 
         await record(
             metering.stub, event(OPEN, start, run=f"r{i}", gpus=i + 1), event(CLOSE, start + 1000, run=f"r{i}")
         )
-    # A retry of r0 (attempt 2), and another account's record: neither in the run filter.
+    # A retry of r0 (attempt 2); another account's record is never listed here.
     retry_start = T0 + 10 * 60_000
     await record(
         metering.stub,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 import pytest
@@ -25,11 +26,14 @@ from services.storage.app import build_server
 from services.storage.domain.locations import bucket_violations, prefix_violations
 from services.storage.settings import StorageSettings
 
-if TYPE_CHECKING:
-    from tests.conftest import DatabaseFactory
-
 READ = storage_pb2.ACCESS_MODE_READ
 WRITE = storage_pb2.ACCESS_MODE_WRITE
+
+
+class Databases(Protocol):
+    """The `databases` fixture of tests/conftest.py: a fresh database URL per service."""
+
+    def url(self, service: str) -> str: ...
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Storage:
 
 
 @pytest.fixture
-async def storage(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Storage]:
+async def storage(databases: Databases, tmp_path: Path) -> AsyncIterator[Storage]:
     url = databases.url("storage")
     objects = tmp_path / "objects"
     service = await build_server(StorageSettings(port=0, database_url=url, objects_dir=str(objects)))
@@ -410,3 +414,37 @@ def test_prefixes_accepted(prefix: str) -> None:
 def test_prefixes_refused(prefix: str) -> None:
     violations = prefix_violations(prefix, "prefix")
     assert violations and all(isinstance(v, FieldViolation) and v.field == "prefix" for v in violations)
+
+
+async def test_concurrent_retries_store_one_grant(storage: Storage) -> None:
+    request = grant_request("alice", access("results", "run-7", WRITE), request_id="same")
+    grants = await asyncio.gather(*(storage.stub.CreateGrant(request) for _ in range(8)))
+
+    assert len({grant.name for grant in grants}) == 1
+    assert storage.grant_rows() == 1
+
+
+async def test_links_out_of_a_bucket_are_not_followed(storage: Storage, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not yours")
+    grant = await storage.stub.CreateGrant(grant_request("alice", access("results", "run-1", WRITE)))
+    # A learner holding the write grant plants links in its directory.
+    Path(grant.accesses[0].local.path, "escape").symlink_to(outside)
+    Path(grant.accesses[0].local.path, "secret-link").symlink_to(outside / "secret")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await storage.stub.CreateGrant(grant_request("alice", access("results", "run-1/escape/x", READ)))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await storage.stub.WriteObject(
+            storage_pb2.WriteObjectRequest(
+                parent="accounts/alice", location=location("results", "run-1/escape/new"), data=b"x"
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+    listing = await storage.stub.ListObjects(
+        storage_pb2.ListObjectsRequest(parent="accounts/alice", location=location("results"))
+    )
+    assert list(listing.objects) == []

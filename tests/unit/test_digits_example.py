@@ -43,7 +43,7 @@ def test_prepare_and_train(tmp_path: Path) -> None:
         assert data["x_train"].dtype == np.float32 and data["x_train"].shape[1] == 64
         assert data["y_train"].dtype == np.int64
         assert len(data["x_test"]) == len(data["y_test"]) == 360
-        assert 0.0 <= data["x_train"].min() and data["x_train"].max() <= 1.0
+        assert data["x_train"].min() >= 0.0 and data["x_train"].max() <= 1.0
 
     env = {**os.environ, "DATA_DIR": str(data_dir), "RESULT_DIR": str(result_dir)}
     # Like dlaas does: the model code directory is the working directory.

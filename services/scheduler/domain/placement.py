@@ -8,8 +8,12 @@ from collections.abc import Mapping, Sequence
 from services.scheduler.domain.model import Assignment, Decisions, LiveRun, Node, QueuedRun
 
 
+VIRTUAL = "virtual"
+
+
 def gpu_type_matches(wanted: str, node: Node) -> bool:
-    return not wanted or wanted.lower() == node.gpu_type.lower()
+    """Virtual slots (a machine without GPUs) stand in for any GPU type, so any manifest runs there."""
+    return not wanted or node.gpu_type == VIRTUAL or wanted.lower() == node.gpu_type.lower()
 
 
 def never_fits(gpus: int, gpu_type: str, tier_max_gpus: int, nodes: Sequence[Node]) -> str | None:

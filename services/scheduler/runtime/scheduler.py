@@ -368,7 +368,8 @@ class Scheduler:
             self._outbox_wake.set()
         for run, token in launches:
             self._after_change(run)
-            log.info("assigned %s to %s GPUs %s", run.name, run.node, run.gpu_indices)
+            with bound_run(run.name):
+                log.info("assigned %s to %s GPUs %s", run.name, run.node, run.gpu_indices)
             self._spawn(self._launch(run, token))
 
     async def _launch(self, run: RunRow, token: str) -> None:

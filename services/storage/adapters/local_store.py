@@ -39,8 +39,8 @@ class LocalObjectStore:
     def _bucket_dir(self, account: str, bucket: str) -> Path:
         return self.root / account / bucket
 
-    def _inside_bucket(self, bucket_dir: Path, path: Path) -> Path:
-        """`path`, refused if links inside the store lead it out of its bucket."""
+    def _inside_bucket(self, bucket_dir: Path, path: Path) -> None:
+        """Refuses `path` if links inside the store lead it out of its bucket."""
         real_bucket = os.path.realpath(bucket_dir)
         real = os.path.realpath(path)
         if real != real_bucket and not real.startswith(real_bucket + os.sep):
@@ -48,7 +48,6 @@ class LocalObjectStore:
                 "the location leads out of its bucket through a symbolic link",
                 reason="LOCATION_OUTSIDE_BUCKET",
             )
-        return path
 
     def _grant_access(self, account: str, location: Location, mode: AccessMode) -> LocalPath:
         bucket_dir = self._bucket_dir(account, location.bucket)
