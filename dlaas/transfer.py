@@ -130,9 +130,7 @@ def copy_tree(
     stats = TransferStats()
 
     def place(rel: PurePosixPath, src_stat: os.stat_result) -> tuple[Placed, int]:
-        outcome = _place_file(
-            src_root / rel, dst_root / rel, src_stat, link=link, verify=verify, progress=progress
-        )
+        outcome = _place_file(src_root / rel, dst_root / rel, src_stat, link=link, verify=verify, progress=progress)
         return outcome, src_stat.st_size
 
     if workers <= 1 or len(files) <= 1:
@@ -172,9 +170,7 @@ def copy_file(
     except OSError as exc:
         raise TransferError(f"cannot create {dst_path.parent}: {exc.strerror or exc}") from exc
     stats = TransferStats()
-    outcome = _place_file(
-        src_path, dst_path, src_stat, link=link, verify=verify, progress=_serialized(on_bytes)
-    )
+    outcome = _place_file(src_path, dst_path, src_stat, link=link, verify=verify, progress=_serialized(on_bytes))
     stats.add(outcome, src_stat.st_size)
     return stats
 
@@ -307,9 +303,7 @@ def _copy_into_place(
         raise
 
 
-def _copy_stream(
-    source: io.BufferedReader, target: io.BufferedWriter, progress: Callable[[int], None]
-) -> str:
+def _copy_stream(source: io.BufferedReader, target: io.BufferedWriter, progress: Callable[[int], None]) -> str:
     """Copy ``source`` to ``target``; the SHA-256 of what was read."""
     digest = hashlib.sha256()
     buffer = bytearray(_CHUNK)

@@ -54,7 +54,7 @@ class Platform:
     jobs_dir: Path
 
     @property
-    def client(self) -> gateway_pb2_grpc.TrainingServiceStub:
+    def client(self) -> gateway_pb2_grpc.TrainingServiceAsyncStub:
         return gateway_pb2_grpc.TrainingServiceStub(self.channel)
 
     async def stop(self) -> None:
@@ -124,7 +124,7 @@ def pack(files: dict[str, str]) -> bytes:
 
 
 async def submit(
-    client: gateway_pb2_grpc.TrainingServiceStub, text: str, code: bytes = b"", request_id: str | None = None
+    client: gateway_pb2_grpc.TrainingServiceAsyncStub, text: str, code: bytes = b"", request_id: str | None = None
 ) -> gateway_pb2.Run:
     request = gateway_pb2.CreateRunRequest(manifest=text, code_archive=code, request_id=request_id or uuid.uuid4().hex)
     run: gateway_pb2.Run = await client.CreateRun(request)
@@ -132,7 +132,7 @@ async def submit(
 
 
 async def wait_for(
-    client: gateway_pb2_grpc.TrainingServiceStub, name: str, states: set[int] | None = None, timeout: float = 120
+    client: gateway_pb2_grpc.TrainingServiceAsyncStub, name: str, states: set[int] | None = None, timeout: float = 120
 ) -> gateway_pb2.Run:
     """Follows the run's WatchRun stream until it reaches one of `states` (default: terminal)."""
     wanted = states or TERMINAL
@@ -155,7 +155,7 @@ def transition_ms(run: gateway_pb2.Run, state: int) -> int:
     return times[-1]
 
 
-async def read_logs(client: gateway_pb2_grpc.TrainingServiceStub, name: str) -> str:
+async def read_logs(client: gateway_pb2_grpc.TrainingServiceAsyncStub, name: str) -> str:
     chunks = [c.data async for c in client.StreamRunLogs(gateway_pb2.StreamRunLogsRequest(name=name))]
     return b"".join(chunks).decode(errors="replace")
 

@@ -153,12 +153,7 @@ class _Fields:
         if value is None:
             return {}
         if not isinstance(value, dict) or not all(
-            isinstance(k, str)
-            and k
-            and "=" not in k
-            and "\x00" not in k
-            and isinstance(v, str)
-            and "\x00" not in v
+            isinstance(k, str) and k and "=" not in k and "\x00" not in k and isinstance(v, str) and "\x00" not in v
             for k, v in value.items()
         ):
             raise self._error(key, "an object of string values keyed by names without '=' or NUL")

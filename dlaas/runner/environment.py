@@ -40,7 +40,5 @@ def build_child_env(config: RunnerConfig, base_env: Mapping[str, str]) -> dict[s
     )
     if config.python_bin_dir:
         inherited = env.get("PATH", os.defpath)
-        env["PATH"] = (
-            f"{config.python_bin_dir}{os.pathsep}{inherited}" if inherited else config.python_bin_dir
-        )
+        env["PATH"] = f"{config.python_bin_dir}{os.pathsep}{inherited}" if inherited else config.python_bin_dir
     return env

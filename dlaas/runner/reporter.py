@@ -153,14 +153,10 @@ class Reporter:
                 if code == grpc.StatusCode.FAILED_PRECONDITION and resent and not progress.terminal:
                     # The scheduler refuses a state it already has: our earlier try was applied
                     # and only its answer was lost. Not a reason to stop the command.
-                    logger.warning(
-                        "scheduler refused a resent %s (%s): taking it as applied", state_name, detail
-                    )
+                    logger.warning("scheduler refused a resent %s (%s): taking it as applied", state_name, detail)
                     return True
                 if code in _TAKEN_AWAY_CODES:
-                    logger.warning(
-                        "scheduler refused %s (%s): this attempt was taken away", state_name, detail
-                    )
+                    logger.warning("scheduler refused %s (%s): this attempt was taken away", state_name, detail)
                     self.taken_away = detail
                     self._wake()
                     return False
@@ -168,9 +164,7 @@ class Reporter:
                     logger.error("scheduler refused %s (%s): not retrying", state_name, detail)
                     return False
                 if time.monotonic() + delay > deadline:
-                    logger.error(
-                        "gave up reporting %s after %.0f s (%s)", state_name, policy.budget_s, detail
-                    )
+                    logger.error("gave up reporting %s after %.0f s (%s)", state_name, policy.budget_s, detail)
                     return False
                 if not progress.terminal and self._newer_waiting():
                     logger.warning("skipping report of %s (%s): a newer state is waiting", state_name, detail)

@@ -67,8 +67,7 @@ def decide_outcome(
         return Outcome(
             run_pb2.RUN_STATE_FAILED,
             run_pb2.TERMINATION_REASON_MAX_RUNTIME,
-            f"exceeded the maximum runtime{limit}; the command was stopped"
-            f" (exit code {exit_code}){upload_note}",
+            f"exceeded the maximum runtime{limit}; the command was stopped (exit code {exit_code}){upload_note}",
         )
     if exit_code != 0:
         return Outcome(
@@ -226,9 +225,7 @@ class Runner:
             if self._stop is not None:
                 self._log.line(f"{self._stop_description()}: stopping the command")
                 exit_code = command.stop(self._waker)
-                self._log.line(
-                    f"command stopped with exit code {exit_code} after {time.monotonic() - began:.1f} s"
-                )
+                self._log.line(f"command stopped with exit code {exit_code} after {time.monotonic() - began:.1f} s")
                 break
             timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
             if command.wait_exit(self._waker, timeout):

@@ -15,9 +15,7 @@ from dlaas.types.v1 import run_pb2
 
 logger = logging.getLogger("dlaas.runner")
 
-TERMINAL_STATES = frozenset(
-    {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
-)
+TERMINAL_STATES = frozenset({run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED})
 
 
 @dataclass(frozen=True, eq=False)

@@ -213,15 +213,16 @@ def serve(build: Callable[[S], Awaitable[Service]], settings: S, name: str) -> N
     setup_logging(name, settings.log_level, settings.log_format)
 
     async def main() -> None:
+        # Handlers first: a SIGTERM during migrations or start-up still stops the service cleanly.
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
         service = await build(settings)
         if settings.metrics_port is not None:
             http, _thread = start_http_server(settings.metrics_port, addr=settings.host)
             log.info("%s metrics on port %d", name, http.server_port)
         await service.start()
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
         await stopping.wait()
         log.info("%s stopping", name)
         await service.stop(settings.shutdown_grace_s)

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 
 from services.scheduler.domain.model import Assignment, Decisions, LiveRun, Node, QueuedRun
 
-
 VIRTUAL = "virtual"
 
 

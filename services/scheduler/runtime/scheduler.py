@@ -189,6 +189,8 @@ class Scheduler:
                     if request.state == run.state:
                         return run.cancel_requested  # a retried final report
                     raise FailedPrecondition(f"the run already ended {state_name(run.state)}")
+                if request.state not in TERMINAL and not may_advance(run.state, request.state):
+                    return run.cancel_requested  # a resent report of a state already passed
                 if not may_advance(run.state, request.state):
                     raise FailedPrecondition(f"cannot go from {state_name(run.state)} to {state_name(request.state)}")
                 time_ms = self._clamp(run, request.event_time if request.HasField("event_time") else None)
