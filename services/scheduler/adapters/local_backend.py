@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ class RunnerLaunch:
     run: str
     run_id: str
     attempt: int
-    run_token: str
+    run_token: str = field(repr=False)
     scheduler_address: str
     command: str
     python_bin_dir: str
