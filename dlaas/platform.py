@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dlaas.procs import alive
+
 SERVICES = ("metering", "storage", "scheduler", "api_gateway")
 _PREFIX = {"metering": "METERING", "storage": "STORAGE", "scheduler": "SCHEDULER", "api_gateway": "GATEWAY"}
 STATE_FILE = "platform.json"
@@ -68,18 +70,6 @@ def gateway_address(root: Path | None = None) -> str | None:
         return os.environ["DLAAS_ENDPOINT"]
     state = read_state(root)
     return state["api_gateway"].address if "api_gateway" in state else None
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 def healthy(address: str, timeout: float = 1.0) -> bool:

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from dlaas.procs import alive
 from dlaas.types.v1 import run_pb2
 from services.api_gateway.app import build_server as build_gateway
 from services.api_gateway.settings import GatewaySettings
@@ -166,8 +167,4 @@ def results_dir(grant: gateway_pb2.DataGrant) -> Path:
 
 def process_gone(pid: int) -> bool:
     """True when no process `pid` runs; a zombie (exited, not yet reaped by its parent) counts as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    return not alive(pid)

@@ -66,6 +66,7 @@ def status(output: str) -> None:
     """Show the services of the local platform and whether they answer."""
     from dlaas import platform
     from dlaas.cli import render
+    from dlaas.procs import alive
 
     state = platform.read_state()
     rows = [
@@ -74,7 +75,7 @@ def status(output: str) -> None:
             "pid": p.pid,
             "address": p.address,
             "metrics": f"http://127.0.0.1:{p.metrics_port}/metrics",
-            "state": "serving" if platform.alive(p.pid) and platform.healthy(p.address) else "down",
+            "state": "serving" if alive(p.pid) and platform.healthy(p.address) else "down",
         }
         for p in state.values()
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,34 @@ class RunnerConfig:
     @property
     def dirs(self) -> JobDirs:
         return JobDirs(self.job_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The runner.json document, as `from_dict` reads it."""
+        optional = {"code_archive_path": self.code_archive_path, "data_path": self.data_path}
+        return {
+            "run": self.run,
+            "run_id": self.run_id,
+            "attempt": self.attempt,
+            "run_token": self.run_token,
+            "scheduler_address": self.scheduler_address,
+            "command": self.command,
+            "python_bin_dir": self.python_bin_dir,
+            "gpu_indices": list(self.gpu_indices),
+            "num_learners": self.num_learners,
+            "environment": dict(self.environment),
+            "job_dir": str(self.job_dir),
+            **{key: str(value) if value is not None else None for key, value in optional.items()},
+            "results_path": str(self.results_path),
+            "max_runtime_s": self.max_runtime_s,
+            "trace_carrier": dict(self.trace_carrier),
+        }
+
+    def write(self, path: Path) -> Path:
+        """Writes runner.json readable by its owner only: it holds the run token."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f)
+        return path
 
     @classmethod
     def load(cls, path: Path) -> RunnerConfig:

@@ -15,32 +15,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlaas.procs import alive
+from dlaas.runner.config import RunnerConfig
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunnerLaunch:
-    """Everything a runner needs, written to JOB_DIR/runner.json (mode 0600: it holds the run token)."""
-
-    run: str
-    run_id: str
-    attempt: int
-    run_token: str = field(repr=False)
-    scheduler_address: str
-    command: str
-    python_bin_dir: str
-    gpu_indices: list[int]
-    num_learners: int
-    environment: dict[str, str]
-    code_archive_path: str | None
-    data_path: str | None
-    results_path: str
-    max_runtime_s: int
-    trace_carrier: dict[str, str]
 
 
 class LocalBackend:
@@ -54,15 +35,10 @@ class LocalBackend:
         parts = run.split("/")
         return self.jobs_dir / parts[1] / f"{parts[3]}-a{attempt}"
 
-    async def start(self, launch: RunnerLaunch) -> int:
-        job_dir = self.job_dir(launch.run, launch.attempt)
+    async def start(self, launch: RunnerConfig) -> int:
+        job_dir = launch.job_dir
         job_dir.mkdir(parents=True, exist_ok=True)
-        config: dict[str, Any] = dict(launch.__dict__)
-        config["job_dir"] = str(job_dir)
-        config_path = job_dir / "runner.json"
-        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f)
+        config_path = launch.write(job_dir / "runner.json")
         runner_log = open(job_dir / "runner.log", "ab")  # noqa: SIM115 - handed to the child
         env = {k: v for k, v in os.environ.items() if not k.startswith("DLAAS_")}
         try:
@@ -97,7 +73,7 @@ class LocalBackend:
             return
         pid = self.pid(run, attempt)
         # An adopted runner is not our child: nothing to wait on but its pid.
-        while pid is not None and _alive(pid):
+        while pid is not None and alive(pid):
             await asyncio.sleep(1.0)
 
     def pid(self, run: str, attempt: int) -> int | None:
@@ -111,7 +87,7 @@ class LocalBackend:
         if process is not None:
             return process.returncode is None
         pid = self.pid(run, attempt)
-        return pid is not None and _alive(pid)
+        return pid is not None and alive(pid)
 
     def cancel(self, run: str, attempt: int) -> bool:
         """Asks the runner to stop the command and upload; False when no runner is alive."""
@@ -159,17 +135,3 @@ def _read_from(path: Path, offset: int, limit: int = 256 * 1024) -> bytes:
             return f.read(limit)
     except FileNotFoundError:
         return b""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); check its state where /proc exists.
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True

@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dlaas.metering.v1 import metering_pb2
+from dlaas.runner.config import RunnerConfig
 from dlaas.scheduler.v1 import scheduler_pb2
 from dlaas.types.v1 import run_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -31,7 +32,7 @@ from services.common.logs import bound_run
 from services.common.telemetry import current_carrier, span_from_carrier
 from services.common.timeutil import now_ms
 from services.scheduler.adapters.db import RunRepository, RunRow
-from services.scheduler.adapters.local_backend import LocalBackend, RunnerLaunch
+from services.scheduler.adapters.local_backend import LocalBackend
 from services.scheduler.adapters.peers import Peers
 from services.scheduler.domain.model import (
     ASSIGNED,
@@ -398,7 +399,7 @@ class Scheduler:
                     return
             self._spawn(self._watch_runner(run.name, run.attempt))
 
-    async def _prepare_launch(self, run: RunRow, token: str) -> tuple[RunnerLaunch, str]:
+    async def _prepare_launch(self, run: RunRow, token: str) -> tuple[RunnerConfig, str]:
         spec = run_pb2.RunSpec.FromString(run.spec)
         run_id = run.name.rsplit("/", 1)[-1]
         results = run_pb2.ObjectLocation(
@@ -428,7 +429,7 @@ class Scheduler:
             or envs.get(framework.name)
             or str(Path(sys.executable).parent)
         )
-        launch = RunnerLaunch(
+        launch = RunnerConfig(
             run=run.name,
             run_id=run_id,
             attempt=run.attempt,
@@ -436,12 +437,13 @@ class Scheduler:
             scheduler_address=self.callback_address,
             command=spec.command,
             python_bin_dir=python_bin_dir,
-            gpu_indices=run.gpu_indices,
+            gpu_indices=tuple(run.gpu_indices),
             num_learners=max(1, spec.resources.learners),
             environment=dict(spec.environment),
-            code_archive_path=code_path,
-            data_path=data_path,
-            results_path=paths[-1],
+            job_dir=self.backend.job_dir(run.name, run.attempt),
+            code_archive_path=Path(code_path) if code_path else None,
+            data_path=Path(data_path) if data_path else None,
+            results_path=Path(paths[-1]),
             max_runtime_s=max_runtime_s,
             trace_carrier=current_carrier(),
         )
