@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml package.json
 	npm install --no-audit --no-fund --silent
 	touch $(STAMP)
 
-# Typed Python stubs from protos/, never edited by hand (git ignores them).
+# Typed Python stubs from protos/, never edited by hand (git ignores them). Written in place,
+# so services running from this tree never see them missing.
 proto: $(STAMP) dlaas/types/v1/run_pb2.py
 
 dlaas/types/v1/run_pb2.py: $(PROTOS)
-	rm -rf $(addprefix dlaas/,$(PROTO_PACKAGES))
 	PATH=$(abspath $(BIN)):$$PATH $(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/protos \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
 	for p in $(PROTO_PACKAGES); do touch dlaas/$$p/__init__.py dlaas/$$p/v1/__init__.py; done
