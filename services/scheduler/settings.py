@@ -11,16 +11,19 @@ from services.common.settings import ServiceSettings
 
 
 class Tier(BaseModel):
-    """What an account of a tier may use."""
+    """What an account of a tier may use. Tiers are configuration (DLAAS_SCHEDULER_TIERS, JSON)."""
 
     max_gpus: int = Field(ge=0, description="GPUs the account's running runs may hold at once")
+    max_queued_runs: int = Field(default=1000, ge=0, description="runs it may have waiting at once")
+    weight: float = Field(default=1.0, gt=0, description="fair-share weight across accounts")
+    allowed_gpu_types: list[str] = Field(default_factory=list, description="GPU types its runs may use; empty: any")
     max_runtime_s: int = Field(default=86_400, gt=0)
 
 
 DEFAULT_TIERS = {
-    "free": Tier(max_gpus=1, max_runtime_s=4 * 3600),
-    "standard": Tier(max_gpus=8),
-    "premium": Tier(max_gpus=64, max_runtime_s=7 * 86_400),
+    "free": Tier(max_gpus=1, max_queued_runs=100, weight=1.0, max_runtime_s=4 * 3600),
+    "standard": Tier(max_gpus=8, max_queued_runs=1000, weight=2.0),
+    "premium": Tier(max_gpus=64, max_queued_runs=10_000, weight=4.0, max_runtime_s=7 * 86_400),
 }
 
 
@@ -45,3 +48,7 @@ class SchedulerSettings(ServiceSettings):
     framework_envs: dict[str, str] = Field(default_factory=dict)
     # A grant lives for the run's max runtime plus this margin.
     grant_margin_s: int = 600
+    # A run whose runner or node is lost is queued again, up to this many attempts in all.
+    max_attempts: int = Field(default=3, ge=1)
+    # The runner stops a run at its max runtime; the scheduler stops it this much later if it has not.
+    max_runtime_grace_s: int = Field(default=60, ge=0)

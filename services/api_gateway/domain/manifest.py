@@ -35,6 +35,7 @@ MAX_PREFIX_CHARS = 1024  # the longest S3 key
 MAX_NESTING = 32
 MAX_GPUS = 64
 MAX_LEARNERS = 64
+MAX_PRIORITY = 1000
 MAX_CPUS = 256.0
 MAX_MEMORY_MIB = 4 * 1024 * 1024  # 4 TiB
 MAX_RUNTIME_SECONDS = 30 * 24 * 3600
@@ -68,6 +69,7 @@ _DLAAS_KEYS = frozenset(
         "environment",
         "max_runtime",
         "evaluation_metrics",
+        "priority",
     }
 )
 _FRAMEWORK_KEYS = frozenset({"name", "version"})
@@ -564,6 +566,7 @@ def _parse_dlaas(document: Mapping[object, object], check: _Checker, catalogue: 
         training_results=_dlaas_location(check, document.get("results"), "results") or _default_results(),
         environment=_environment(check, document.get("environment"), "environment"),
         evaluation_metrics=_dlaas_metrics(check, document.get("evaluation_metrics"), "evaluation_metrics"),
+        priority=check.integer(document.get("priority"), "priority", low=-MAX_PRIORITY, high=MAX_PRIORITY, default=0),
     )
     training_data = _dlaas_location(check, document.get("data"), "data")
     if training_data is not None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     func,
     insert,
     select,
@@ -25,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 metadata = MetaData()
+QUEUED_STATE = 1  # dlaas.types.v1.RUN_STATE_QUEUED
 
 runs = Table(
     "scheduler_runs",
@@ -36,6 +38,10 @@ runs = Table(
     Column("code", LargeBinary, nullable=True),  # dlaas.types.v1.ObjectLocation
     Column("gpus", Integer, nullable=False),
     Column("gpu_type_wanted", String(64), nullable=False, default=""),
+    Column("learners", Integer, nullable=False, default=1),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("max_runtime_s", Integer, nullable=False, default=0),
+    Column("assigned_ms", BigInteger, nullable=True),
     Column("state", Integer, nullable=False, index=True),
     Column("attempt", Integer, nullable=False, default=0),
     Column("created_ms", BigInteger, nullable=False),
@@ -60,6 +66,22 @@ transitions = Table(
     Column("attempt", Integer, nullable=False),
     Column("state", Integer, nullable=False),
     Column("time_ms", BigInteger, nullable=False),
+)
+
+# The tier each account's runs are scheduled under (set at first submission, changed by admins).
+accounts = Table(
+    "scheduler_accounts",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("tier", String(64), nullable=False),
+)
+
+# Nodes an admin drained: they take no new runs until undrained.
+drained_nodes = Table(
+    "scheduler_drained_nodes",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("drained_ms", BigInteger, nullable=False),
 )
 
 # Usage events written in the same transaction as the state change that makes them.
@@ -98,6 +120,10 @@ class RunRow:
     grant_name: str | None = None
     trace_carrier: dict[str, str] = field(default_factory=dict)
     cancel_requested: bool = False
+    learners: int = 1
+    priority: int = 0
+    max_runtime_s: int = 0
+    assigned_ms: int | None = None
     transitions: list[tuple[int, int]] = field(default_factory=list)  # (state, time_ms) of this attempt
 
     @classmethod
@@ -130,17 +156,17 @@ class RunRepository:
         if row is None:
             return None
         run = RunRow.from_db(row)
-        run.transitions = await self._transitions(conn, name, run.attempt)
+        run.transitions = await self.transitions(conn, name)
         return run
 
-    async def _transitions(self, conn: AsyncConnection, name: str, attempt: int) -> list[tuple[int, int]]:
+    async def transitions(self, conn: AsyncConnection, name: str) -> list[tuple[int, int]]:
+        """Every state the run entered, over all its attempts, oldest first."""
         rows = await conn.execute(
-            select(transitions.c.state, transitions.c.time_ms, transitions.c.attempt)
+            select(transitions.c.state, transitions.c.time_ms)
             .where(transitions.c.run == name)
             .order_by(transitions.c.id)
         )
-        # QUEUED belongs to every attempt; the rest to the current one.
-        return [(r.state, r.time_ms) for r in rows if r.attempt in (0, attempt)]
+        return [(r.state, r.time_ms) for r in rows]
 
     async def insert(self, conn: AsyncConnection, run: RunRow, time_ms: int) -> None:
         await conn.execute(insert(runs).values(**run.to_db()))
@@ -169,9 +195,13 @@ class RunRepository:
         result = []
         for row in rows:
             run = RunRow.from_db(row)
-            run.transitions = await self._transitions(conn, run.name, run.attempt)
+            run.transitions = await self.transitions(conn, run.name)
             result.append(run)
         return result
+
+    async def count_queued(self, conn: AsyncConnection, account: str) -> int:
+        query = select(func.count()).where(runs.c.account == account, runs.c.state == QUEUED_STATE)
+        return int((await conn.execute(query)).scalar_one())
 
     async def count_for_account(self, conn: AsyncConnection, account: str) -> int:
         return int((await conn.execute(select(func.count()).where(runs.c.account == account))).scalar_one())
@@ -196,3 +226,26 @@ class RunRepository:
 
     async def mark_delivered(self, conn: AsyncConnection, ids: list[int], now: int) -> None:
         await conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(delivered_ms=now))
+
+
+class ClusterRepository:
+    """Account tiers and drained nodes."""
+
+    async def tiers(self, conn: AsyncConnection) -> dict[str, str]:
+        rows = await conn.execute(select(accounts.c.account, accounts.c.tier))
+        return {r.account: r.tier for r in rows}
+
+    async def set_tier(self, conn: AsyncConnection, account: str, tier: str, *, only_if_new: bool = False) -> None:
+        existing = (await conn.execute(select(accounts.c.tier).where(accounts.c.account == account))).first()
+        if existing is None:
+            await conn.execute(insert(accounts).values(account=account, tier=tier))
+        elif not only_if_new:
+            await conn.execute(update(accounts).where(accounts.c.account == account).values(tier=tier))
+
+    async def drained(self, conn: AsyncConnection) -> set[str]:
+        return {r.name for r in await conn.execute(select(drained_nodes.c.name))}
+
+    async def set_drained(self, conn: AsyncConnection, name: str, drained: bool, now: int) -> None:
+        await conn.execute(delete(drained_nodes).where(drained_nodes.c.name == name))
+        if drained:
+            await conn.execute(insert(drained_nodes).values(name=name, drained_ms=now))

@@ -12,13 +12,13 @@ from dlaas.types.v1 import run_pb2
 from services.common import names, pagination
 from services.common.errors import InvalidArgument
 from services.scheduler.adapters.db import RunRow
-from services.scheduler.domain.model import QUEUED
+from services.scheduler.domain.model import QUEUED, Node, Waiting
 from services.scheduler.runtime.scheduler import Scheduler
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def to_proto(run: RunRow, waiting: tuple[int, str] = (0, "")) -> scheduler_pb2.Run:
+def to_proto(run: RunRow, waiting: Waiting | None = None) -> scheduler_pb2.Run:
     spec = run_pb2.RunSpec.FromString(run.spec)
     status = run_pb2.RunStatus(
         state=run.state,  # type: ignore[arg-type]
@@ -36,8 +36,8 @@ def to_proto(run: RunRow, waiting: tuple[int, str] = (0, "")) -> scheduler_pb2.R
         )
     if run.exit_code is not None:
         status.exit_code = run.exit_code
-    if run.state == QUEUED:
-        status.queue_position, status.wait_reason = waiting
+    if run.state == QUEUED and waiting is not None:
+        status.queue_position, status.wait_reason = waiting.position, waiting.reason
     if run.attempt > 0:
         run_id = run.name.rsplit("/", 1)[-1]
         prefix = "/".join(p for p in (spec.training_results.prefix.strip("/"), run_id) if p)
@@ -110,12 +110,53 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ListNodes(
         self, request: scheduler_pb2.ListNodesRequest, context: Context
     ) -> scheduler_pb2.ListNodesResponse:
-        in_use = await self.scheduler.gpus_in_use()
-        return scheduler_pb2.ListNodesResponse(
-            nodes=[
-                scheduler_pb2.Node(
-                    name=n.name, gpu_type=n.gpu_type, gpu_count=n.gpu_count, gpus_in_use=in_use.get(n.name, 0)
-                )
-                for n in self.scheduler.nodes
-            ]
+        return scheduler_pb2.ListNodesResponse(nodes=[_node(n, used) for n, used in await self.scheduler.node_states()])
+
+    async def DrainNode(self, request: scheduler_pb2.DrainNodeRequest, context: Context) -> scheduler_pb2.Node:
+        return _node(await self.scheduler.set_drained(request.name, True))
+
+    async def UndrainNode(self, request: scheduler_pb2.UndrainNodeRequest, context: Context) -> scheduler_pb2.Node:
+        return _node(await self.scheduler.set_drained(request.name, False))
+
+    async def ListQueue(
+        self, request: scheduler_pb2.ListQueueRequest, context: Context
+    ) -> scheduler_pb2.ListQueueResponse:
+        account = names.parse_account(request.parent) if request.parent else None
+        size = pagination.page_size(request.page_size, default=100, maximum=1000)
+        offset = pagination.decode_token(request.page_token, request.parent)
+        entries = await self.scheduler.queue(account)
+        page = entries[offset : offset + size]
+        token = pagination.encode_token(offset + size, request.parent) if offset + size < len(entries) else ""
+        response = scheduler_pb2.ListQueueResponse(next_page_token=token)
+        for run, waiting in page:
+            entry = response.entries.add(
+                run=run.name,
+                display_name=run_pb2.RunSpec.FromString(run.spec).display_name,
+                position=waiting.position,
+                wait_reason=waiting.reason,
+                gpus=run.gpus * run.learners,
+                gpu_type=run.gpu_type_wanted,
+            )
+            entry.create_time.FromMilliseconds(run.created_ms)
+            if waiting.estimated_start_ms:
+                entry.estimated_start_time.FromMilliseconds(waiting.estimated_start_ms)
+        return response
+
+    async def SetAccountTier(
+        self, request: scheduler_pb2.SetAccountTierRequest, context: Context
+    ) -> scheduler_pb2.AccountTier:
+        account = names.parse_account(request.account, "account")
+        tier = await self.scheduler.set_tier(account, request.tier)
+        return scheduler_pb2.AccountTier(
+            account=request.account, tier=request.tier, max_gpus=tier.max_gpus, max_queued_runs=tier.max_queued_runs
         )
+
+
+def _node(node: Node, gpus_in_use: int = 0) -> scheduler_pb2.Node:
+    return scheduler_pb2.Node(
+        name=node.name,
+        gpu_type=node.gpu_type,
+        gpu_count=node.gpu_count,
+        gpus_in_use=gpus_in_use,
+        schedulable=node.schedulable,
+    )

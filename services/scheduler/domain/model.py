@@ -1,4 +1,4 @@
-"""The scheduler's view of runs and nodes, as plain values."""
+"""The scheduler's view of runs, nodes and tiers, as plain values."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ FAILED: int = run_pb2.RUN_STATE_FAILED
 CANCELLED: int = run_pb2.RUN_STATE_CANCELLED
 
 TERMINAL: frozenset[int] = frozenset({COMPLETED, FAILED, CANCELLED})
-# States in which a runner holds GPUs.
+# States in which a run holds GPUs.
 LIVE: frozenset[int] = frozenset({ASSIGNED, DOWNLOADING, RUNNING, UPLOADING})
 _ORDER: dict[int, int] = {QUEUED: 0, ASSIGNED: 1, DOWNLOADING: 2, RUNNING: 3, UPLOADING: 4}
+
+# GPU slots of a machine without GPUs: they stand in for any GPU type.
+VIRTUAL = "virtual"
 
 
 def state_name(state: int) -> str:
@@ -35,40 +38,79 @@ def may_advance(current: int, reported: int) -> bool:
 
 
 @dataclass(frozen=True)
+class TierLimits:
+    """What an account of a tier may use (the pure part of the tier configuration)."""
+
+    max_gpus: int
+    weight: float = 1.0
+    allowed_gpu_types: frozenset[str] = frozenset()  # empty: any
+
+    def allows_type(self, gpu_type: str) -> bool:
+        return not self.allowed_gpu_types or gpu_type in self.allowed_gpu_types or gpu_type == VIRTUAL
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     gpu_type: str
     gpu_count: int
+    schedulable: bool = True  # False once drained: its runs finish, no new ones start
+
+    def serves(self, wanted: str) -> bool:
+        return not wanted or self.gpu_type == VIRTUAL or wanted.lower() == self.gpu_type.lower()
 
 
 @dataclass(frozen=True)
 class QueuedRun:
     name: str
     account: str
-    tier: str
-    gpus: int
+    gpus: int  # per learner
     gpu_type: str
     created_ms: int
+    learners: int = 1
+    priority: int = 0
+    max_runtime_ms: int = 0  # known upper bound of its runtime (enforced), used for backfill
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus * self.learners
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """GPUs of one node given to one learner."""
+
+    node: str
+    gpu_type: str
+    gpu_indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class LiveRun:
     name: str
     account: str
-    node: str
-    gpu_indices: tuple[int, ...]
+    allocations: tuple[Allocation, ...]
+    deadline_ms: int = 0  # when it will have ended at the latest (assignment + max runtime); 0: unknown
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(len(a.gpu_indices) for a in self.allocations)
 
 
 @dataclass(frozen=True)
 class Assignment:
     run: str
-    node: str
-    gpu_type: str
-    gpu_indices: tuple[int, ...]
+    allocations: tuple[Allocation, ...]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    position: int  # 1-based, in its account's queue
+    reason: str
+    estimated_start_ms: int = 0  # 0: unknown
 
 
 @dataclass
 class Decisions:
     assignments: list[Assignment] = field(default_factory=list)
-    # run name → (1-based position in its account's queue, why it waits)
-    waiting: dict[str, tuple[int, str]] = field(default_factory=dict)
+    waiting: dict[str, Waiting] = field(default_factory=dict)

@@ -27,11 +27,17 @@ from dlaas.metering.v1 import metering_pb2
 from dlaas.runner.config import RunnerConfig
 from dlaas.scheduler.v1 import scheduler_pb2
 from dlaas.types.v1 import run_pb2
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from services.common.logs import bound_run
 from services.common.telemetry import current_carrier, span_from_carrier
 from services.common.timeutil import now_ms
-from services.scheduler.adapters.db import RunRepository, RunRow
+from services.scheduler.adapters.db import ClusterRepository, RunRepository, RunRow
 from services.scheduler.adapters.local_backend import LocalBackend
 from services.scheduler.adapters.peers import Peers
 from services.scheduler.domain.model import (
@@ -41,14 +47,17 @@ from services.scheduler.domain.model import (
     LIVE,
     QUEUED,
     TERMINAL,
+    Allocation,
     LiveRun,
     Node,
     QueuedRun,
+    TierLimits,
+    Waiting,
     may_advance,
     state_name,
 )
 from services.scheduler.domain.placement import decide, never_fits
-from services.scheduler.settings import SchedulerSettings
+from services.scheduler.settings import SchedulerSettings, Tier
 
 log = logging.getLogger(__name__)
 TRACER = "dlaas.scheduler"
@@ -60,6 +69,13 @@ def _hash_token(token: str) -> str:
 
 def _account_of(name: str) -> str:
     return name.split("/")[1]
+
+
+def _stopped_by_deadline(run: RunRow, state: int, reason: int) -> tuple[int, int]:
+    """A run the scheduler stopped at its max runtime ends FAILED (MAX_RUNTIME), not CANCELLED."""
+    if state == CANCELLED and run.termination_reason == run_pb2.TERMINATION_REASON_MAX_RUNTIME:
+        return FAILED, run_pb2.TERMINATION_REASON_MAX_RUNTIME
+    return state, reason
 
 
 class Scheduler:
@@ -82,11 +98,16 @@ class Scheduler:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._outbox_wake = asyncio.Event()
-        self._waiting: dict[str, tuple[int, str]] = {}
+        self.cluster = ClusterRepository()
+        self._waiting: dict[str, Waiting] = {}
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._watchers: dict[str, set[asyncio.Queue[None]]] = defaultdict(set)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- API operations -------------------------------------------------------------------
+
+    def _limits(self, tier: Tier) -> TierLimits:
+        return TierLimits(tier.max_gpus, tier.weight, frozenset(t.lower() for t in tier.allowed_gpu_types))
 
     async def submit(self, run: scheduler_pb2.Run, tier: str) -> RunRow:
         account = _account_of(run.name)
@@ -99,8 +120,23 @@ class Scheduler:
                 "several learners need the kubernetes backend; the local backend runs one learner",
                 reason="LEARNERS_UNSUPPORTED",
             )
-        gpus = spec.resources.gpus
-        why = never_fits(gpus, spec.resources.gpu_type, tiers[tier].max_gpus, self.nodes)
+        async with self.engine.connect() as conn:
+            tier = (await self.cluster.tiers(conn)).get(account, tier)
+        limits = tiers[tier]
+        runtime_s = limits.max_runtime_s
+        if spec.HasField("max_runtime") and spec.max_runtime.seconds > 0:
+            runtime_s = min(runtime_s, spec.max_runtime.seconds)
+        candidate = QueuedRun(
+            run.name,
+            account,
+            spec.resources.gpus,
+            spec.resources.gpu_type,
+            0,
+            max(spec.resources.learners, 1),
+            spec.priority,
+            runtime_s * 1000,
+        )
+        why = never_fits(candidate, self._limits(limits), self.nodes)
         if why:
             raise FailedPrecondition(f"the run can never start: {why}", reason="RUN_NEVER_FITS")
         row = RunRow(
@@ -109,22 +145,72 @@ class Scheduler:
             tier=tier,
             spec=spec.SerializeToString(),
             code=run.code.SerializeToString() if run.HasField("code") else None,
-            gpus=gpus,
+            gpus=spec.resources.gpus,
             gpu_type_wanted=spec.resources.gpu_type,
             state=QUEUED,
             attempt=0,
             created_ms=now_ms(),
             trace_carrier=current_carrier(),
+            learners=candidate.learners,
+            priority=spec.priority,
+            max_runtime_s=runtime_s,
         )
         async with self._lock, self.engine.begin() as conn:
             existing = await self.repo.get(conn, run.name)
             if existing is not None:
                 return existing  # a retry of the same submission
+            if await self.repo.count_queued(conn, account) >= limits.max_queued_runs:
+                raise ResourceExhausted(
+                    f"the account's tier allows {limits.max_queued_runs} queued runs; wait for some to start",
+                    reason="QUEUE_FULL",
+                )
+            await self.cluster.set_tier(conn, account, tier, only_if_new=True)
             await self.repo.insert(conn, row, row.created_ms)
         row.transitions = [(QUEUED, row.created_ms)]
-        log.info("queued %s (%d GPU)", run.name, gpus)
+        log.info("queued %s (%d GPU)", run.name, row.gpus)
         self._wake.set()
         return row
+
+    async def set_tier(self, account: str, tier: str) -> Tier:
+        if tier not in self.settings.tiers:
+            known = ", ".join(sorted(self.settings.tiers))
+            raise InvalidArgument.field("tier", f"unknown tier {tier!r} (known: {known})")
+        async with self._lock, self.engine.begin() as conn:
+            await self.cluster.set_tier(conn, account, tier)
+        log.info("account %s is now on tier %s", account, tier)
+        self._wake.set()  # a quota change is a decision event
+        return self.settings.tiers[tier]
+
+    async def set_drained(self, name: str, drained: bool) -> Node:
+        node = next((n for n in self.nodes if n.name == name), None)
+        if node is None:
+            raise NotFound(f"node {name} not found")
+        async with self._lock, self.engine.begin() as conn:
+            await self.cluster.set_drained(conn, name, drained, now_ms())
+        log.info("node %s %s", name, "drained" if drained else "undrained")
+        self._wake.set()
+        return Node(node.name, node.gpu_type, node.gpu_count, not drained)
+
+    async def node_states(self) -> list[tuple[Node, int]]:
+        """Each node (schedulable or drained) with the GPUs in use on it."""
+        async with self.engine.connect() as conn:
+            drained = await self.cluster.drained(conn)
+            live = await self.repo.in_states(conn, LIVE)
+        used: dict[str, int] = defaultdict(int)
+        for run in live:
+            used[run.node or ""] += len(run.gpu_indices)
+        return [(Node(n.name, n.gpu_type, n.gpu_count, n.name not in drained), used[n.name]) for n in self.nodes]
+
+    async def queue(self, account: str | None) -> list[tuple[RunRow, Waiting]]:
+        async with self.engine.connect() as conn:
+            queued = await self.repo.in_states(conn, {QUEUED})
+        entries = [
+            (run, self._waiting.get(run.name, Waiting(0, "waiting for the next decision round")))
+            for run in queued
+            if account is None or run.account == account
+        ]
+        entries.sort(key=lambda e: (e[0].account, e[1].position or 1 << 30, e[0].created_ms))
+        return entries
 
     async def get(self, name: str) -> RunRow:
         async with self.engine.connect() as conn:
@@ -139,16 +225,8 @@ class Scheduler:
             total = await self.repo.count_for_account(conn, account)
         return runs, total
 
-    async def gpus_in_use(self) -> dict[str, int]:
-        async with self.engine.connect() as conn:
-            live = await self.repo.in_states(conn, LIVE)
-        used: dict[str, int] = defaultdict(int)
-        for run in live:
-            used[run.node or ""] += len(run.gpu_indices)
-        return used
-
-    def waiting(self, name: str) -> tuple[int, str]:
-        return self._waiting.get(name, (0, ""))
+    def waiting(self, name: str) -> Waiting:
+        return self._waiting.get(name, Waiting(0, ""))
 
     async def cancel(self, name: str, reason: int) -> RunRow:
         reason = reason or run_pb2.TERMINATION_REASON_USER
@@ -196,11 +274,12 @@ class Scheduler:
                     raise FailedPrecondition(f"cannot go from {state_name(run.state)} to {state_name(request.state)}")
                 time_ms = self._clamp(run, request.event_time if request.HasField("event_time") else None)
                 if request.state in TERMINAL:
+                    state, reason = _stopped_by_deadline(run, request.state, request.termination_reason)
                     await self._finish(
                         conn,
                         run,
-                        request.state,
-                        request.termination_reason,
+                        state,
+                        reason,
                         time_ms,
                         exit_code=request.exit_code if request.HasField("exit_code") else None,
                         message=request.message,
@@ -342,27 +421,55 @@ class Scheduler:
             async with self.engine.connect() as conn:
                 queued = await self.repo.in_states(conn, {QUEUED})
                 live = await self.repo.in_states(conn, LIVE)
+                account_tiers = await self.cluster.tiers(conn)
+                drained = await self.cluster.drained(conn)
             if not queued:
                 self._waiting = {}
                 return
+            tiers = self.settings.tiers
+            limits = {r.account: self._limits(tiers[account_tiers.get(r.account, r.tier)]) for r in [*queued, *live]}
+            now = now_ms()
             decisions = decide(
-                [QueuedRun(r.name, r.account, r.tier, r.gpus, r.gpu_type_wanted, r.created_ms) for r in queued],
-                [LiveRun(r.name, r.account, r.node or "", tuple(r.gpu_indices)) for r in live],
-                self.nodes,
-                {name: tier.max_gpus for name, tier in self.settings.tiers.items()},
+                [
+                    QueuedRun(
+                        r.name,
+                        r.account,
+                        r.gpus,
+                        r.gpu_type_wanted,
+                        r.created_ms,
+                        r.learners,
+                        r.priority,
+                        r.max_runtime_s * 1000,
+                    )
+                    for r in queued
+                ],
+                [
+                    LiveRun(
+                        r.name,
+                        r.account,
+                        (Allocation(r.node or "", r.gpu_type or "", tuple(r.gpu_indices)),),
+                        (r.assigned_ms or now) + r.max_runtime_s * 1000 if r.max_runtime_s else 0,
+                    )
+                    for r in live
+                ],
+                [Node(n.name, n.gpu_type, n.gpu_count, n.name not in drained) for n in self.nodes],
+                limits,
+                now_ms=now,
             )
             self._waiting = decisions.waiting
             by_name = {r.name: r for r in queued}
             async with self.engine.begin() as conn:
                 for assignment in decisions.assignments:
                     run = by_name[assignment.run]
-                    run.transitions = [(QUEUED, run.created_ms)]
+                    run.transitions = await self.repo.transitions(conn, run.name)
                     token = secrets.token_urlsafe(32)
+                    allocation = assignment.allocations[0]  # the local backend runs one learner
                     run.attempt += 1
-                    run.node, run.gpu_type = assignment.node, assignment.gpu_type
-                    run.gpu_indices = list(assignment.gpu_indices)
+                    run.node, run.gpu_type = allocation.node, allocation.gpu_type
+                    run.gpu_indices = list(allocation.gpu_indices)
                     run.run_token_hash = _hash_token(token)
                     time_ms = now_ms()
+                    run.assigned_ms = time_ms
                     await self._enter(conn, run, ASSIGNED, time_ms)
                     await self.repo.save(conn, run)
                     await self._add_usage_event(conn, run, metering_pb2.USAGE_EVENT_KIND_OPEN, time_ms)
@@ -371,9 +478,43 @@ class Scheduler:
             self._outbox_wake.set()
         for run, token in launches:
             self._after_change(run)
+            self._arm_deadline(run)
             with bound_run(run.name):
                 log.info("assigned %s to %s GPUs %s", run.name, run.node, run.gpu_indices)
             self._spawn(self._launch(run, token))
+
+    # ---- max runtime ---------------------------------------------------------------------
+
+    def _arm_deadline(self, run: RunRow) -> None:
+        """Stops the attempt if it outlives its max runtime (plus grace): the runner's own limit is first."""
+        if not run.max_runtime_s or run.assigned_ms is None:
+            return
+        due_ms = run.assigned_ms + (run.max_runtime_s + self.settings.max_runtime_grace_s) * 1000
+        delay = max(0.0, (due_ms - now_ms()) / 1000)
+        loop = asyncio.get_running_loop()
+        key = f"{run.name}#{run.attempt}"
+        self._deadlines[key] = loop.call_later(
+            delay, lambda: self._spawn(self._enforce_deadline(run.name, run.attempt))
+        )
+
+    async def _enforce_deadline(self, name: str, attempt: int) -> None:
+        self._deadlines.pop(f"{name}#{attempt}", None)
+        async with self._lock:
+            async with self.engine.begin() as conn:
+                run = await self.repo.get(conn, name)
+                if run is None or run.attempt != attempt or run.state not in LIVE:
+                    return
+                log.warning("%s outlived its max runtime of %d s: stopping it", name, run.max_runtime_s)
+                run.cancel_requested = True
+                run.termination_reason = run_pb2.TERMINATION_REASON_MAX_RUNTIME
+                if self.backend.cancel(run.name, run.attempt):
+                    await self.repo.save(conn, run)
+                else:
+                    message = f"exceeded its max runtime of {run.max_runtime_s} s"
+                    await self._finish(
+                        conn, run, FAILED, run_pb2.TERMINATION_REASON_MAX_RUNTIME, now_ms(), message=message
+                    )
+            self._after_change(run)
 
     async def _launch(self, run: RunRow, token: str) -> None:
         """Gets the run's grant and starts its runner; a failure ends the run (infrastructure)."""
@@ -472,11 +613,35 @@ class Scheduler:
                     log_tail = [str(line) for line in tail] if isinstance(tail, list) else []
                 elif current.cancel_requested:
                     state, reason = CANCELLED, current.termination_reason or run_pb2.TERMINATION_REASON_USER
+                elif current.attempt < self.settings.max_attempts:
+                    await self._requeue(conn, current, now_ms(), f"attempt {current.attempt} lost: {message}")
+                    self._after_change(current)
+                    self._wake.set()
+                    log.warning("%s: attempt %d lost (%s); queued again", run.name, run.attempt, message)
+                    return
+                else:
+                    message = f"{message} (attempt {current.attempt} of {self.settings.max_attempts})"
+                state, reason = _stopped_by_deadline(current, state, reason)
                 await self._finish(
                     conn, current, state, reason, now_ms(), exit_code=exit_code, message=message, log_tail=log_tail
                 )
             self._after_change(current)
             log.warning("%s ended %s: %s", run.name, state_name(current.state), message)
+
+    async def _requeue(self, conn: AsyncConnection, run: RunRow, time_ms: int, message: str) -> None:
+        """Puts a lost attempt's run back in the queue; the lost attempt's usage closes now."""
+        await self._add_usage_event(conn, run, metering_pb2.USAGE_EVENT_KIND_CLOSE, time_ms)
+        grant = run.grant_name
+        run.state = QUEUED
+        run.transitions.append((QUEUED, time_ms))
+        await self.repo.add_transition(conn, run.name, run.attempt + 1, QUEUED, time_ms)
+        run.node = run.gpu_type = run.run_token_hash = run.grant_name = None
+        run.gpu_indices = []
+        run.assigned_ms = None
+        run.message = message
+        await self.repo.save(conn, run)
+        if grant:
+            self._spawn(self._revoke(grant))
 
     async def _watch_runner(self, name: str, attempt: int) -> None:
         await self.backend.wait(name, attempt)
@@ -495,6 +660,7 @@ class Scheduler:
             with bound_run(run.name):
                 if self.backend.is_alive(run.name, run.attempt):
                     log.info("adopted the running runner of %s", run.name)
+                    self._arm_deadline(run)
                     self._spawn(self._watch_runner(run.name, run.attempt))
                 elif run.state == ASSIGNED and self.backend.pid(run.name, run.attempt) is None:
                     token = secrets.token_urlsafe(32)
@@ -531,6 +697,8 @@ class Scheduler:
                 backoff = min(backoff * 2, 5.0)
 
     async def close(self) -> None:
+        for handle in self._deadlines.values():
+            handle.cancel()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):
