@@ -7,7 +7,7 @@ PROTO_PACKAGES := types gateway scheduler storage metering
 PROTOS := $(wildcard protos/dlaas/*/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto lint test test-fast demo up down status clean bench
+.PHONY: install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-staging bench-metering
 
 install: $(STAMP) proto
 
@@ -52,6 +52,20 @@ down:
 
 status:
 	$(BIN)/dlaas status
+
+bench-scheduler: install
+	$(PY) -m bench.scheduler
+
+bench-dispatch: install
+	$(PY) -m bench.dispatch
+
+# Ceph RGW packages needed (see docs/storage.md); BENCH_STAGING_MB=1024 for the issue's full 1 GB.
+bench-staging: install
+	$(PY) -m bench.staging
+
+# 100,000 usage events (10 % redeliveries) through the real metering server on SQLite.
+bench-metering: install
+	$(PY) -m bench.metering
 
 clean:
 	rm -rf $(addprefix dlaas/,$(PROTO_PACKAGES)) .dlaas .pytest_cache .mypy_cache .ruff_cache

@@ -122,30 +122,65 @@ def up(root: Path | None = None, timeout: float = 60.0) -> dict[str, ServiceProc
     ports = dict(zip(SERVICES, all_ports[: len(SERVICES)], strict=True))
     metrics = dict(zip(SERVICES, all_ports[len(SERVICES) :], strict=True))
     envs = service_env(root, ports, metrics)
-    started: dict[str, ServiceProcess] = {}
-    for name in SERVICES:
-        env = {**os.environ, **envs[name]}
-        with open(root / "logs" / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                cwd=root,
-                start_new_session=True,  # the platform outlives the shell that started it
-            )
-        started[name] = ServiceProcess(name, process.pid, ports[name], metrics[name])
+    started = {
+        name: ServiceProcess(name, _spawn(root, name, envs[name]), ports[name], metrics[name]) for name in SERVICES
+    }
     _write_state(root, started)
     deadline = time.monotonic() + timeout
-    for name, proc in started.items():
-        while not healthy(proc.address):
-            if not alive(proc.pid) or time.monotonic() > deadline:
-                tail = _tail(root / "logs" / f"{name}.log")
-                down(root)
-                raise PlatformError(f"{name} did not start; the end of its log:\n{tail}")
-            time.sleep(0.1)
+    for proc in started.values():
+        try:
+            _wait_healthy(root, proc, deadline)
+        except PlatformError:
+            down(root)
+            raise
     return started
+
+
+def restart(root: Path | None, name: str, timeout: float = 60.0) -> ServiceProcess:
+    """Starts service `name` of a running platform again, on its port and with its environment
+    (after a crash, say); stops it first if it still runs. Its peers keep running."""
+    root = root or home()
+    state = read_state(root)
+    if name not in state:
+        raise PlatformError(f"{name} is not part of the platform under {root}: start it with `dlaas up`")
+    old = state[name]
+    if alive(old.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while alive(old.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old.pid, signal.SIGKILL)
+    ports = {n: p.port for n, p in state.items()}
+    metrics = {n: p.metrics_port for n, p in state.items()}
+    env = service_env(root, ports, metrics)[name]
+    new = ServiceProcess(name, _spawn(root, name, env), old.port, old.metrics_port)
+    _write_state(root, {**read_state(root), name: new})
+    _wait_healthy(root, new, time.monotonic() + timeout)
+    return new
+
+
+def _spawn(root: Path, name: str, env: dict[str, str]) -> int:
+    with open(root / "logs" / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **env},
+            cwd=root,
+            start_new_session=True,  # the platform outlives the shell that started it
+        )
+    return process.pid
+
+
+def _wait_healthy(root: Path, proc: ServiceProcess, deadline: float) -> None:
+    while not healthy(proc.address):
+        if not alive(proc.pid) or time.monotonic() > deadline:
+            tail = _tail(root / "logs" / f"{proc.name}.log")
+            raise PlatformError(f"{proc.name} did not start; the end of its log:\n{tail}")
+        time.sleep(0.1)
 
 
 def down(root: Path | None = None, timeout: float = 15.0) -> list[str]:

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.s3 import S3Server, s3_server_or_skip
 from tests.support import SPANS, Platform, start_platform
 
 POSTGRES_ADMIN_URL = os.environ.get("DLAAS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -80,3 +81,9 @@ async def platform(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[
     started = await start_platform(databases, tmp_path)
     yield started
     await started.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """Ceph RGW on 127.0.0.1 (tests/s3.py), once per session. In CI its absence fails the tests."""
+    yield from s3_server_or_skip()

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import tarfile
 import textwrap
 import uuid
@@ -19,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from dlaas.platform import healthy
 from dlaas.procs import alive
 from dlaas.types.v1 import run_pb2
 from services.api_gateway.app import build_server as build_gateway
@@ -81,24 +86,38 @@ async def start_platform(databases: Any, root: Path, *, virtual_gpus: int = 2) -
         )
     )
     await scheduler.start()
+    gateway = await start_gateway(databases, scheduler.address, storage.address, metering.address)
+    channel = grpc.aio.insecure_channel(gateway.address)
+    return Platform(metering, storage, scheduler, gateway, channel, objects_dir, jobs_dir)
+
+
+async def start_gateway(
+    databases: Any, scheduler: str, storage: str, metering: str, *, account: str = "default", tier: str = "free"
+) -> Service:
+    """A gateway whose callers act as `account` (one per account until API keys exist)."""
     gateway = await build_gateway(
         GatewaySettings(
-            database_url=databases.url("gateway"),
-            scheduler_address=scheduler.address,
-            storage_address=storage.address,
-            metering_address=metering.address,
+            database_url=databases.url(f"gateway_{account}"),
+            scheduler_address=scheduler,
+            storage_address=storage,
+            metering_address=metering,
+            default_account=account,
+            default_tier=tier,
         )
     )
     await gateway.start()
-    channel = grpc.aio.insecure_channel(gateway.address)
-    return Platform(metering, storage, scheduler, gateway, channel, objects_dir, jobs_dir)
+    return gateway
 
 
 TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
 
 
-def manifest(command: str, *, name: str = "test", gpus: int = 1, data_bucket: str | None = None) -> str:
+def manifest(
+    command: str, *, name: str = "test", gpus: int = 1, data_bucket: str | None = None, max_runtime: str = ""
+) -> str:
     data = f"data: {{bucket: {data_bucket}}}\n" if data_bucket else ""
+    if max_runtime:
+        data += f"max_runtime: {max_runtime}\n"
     return (
         textwrap.dedent(
             f"""\
@@ -168,3 +187,96 @@ def results_dir(grant: gateway_pb2.DataGrant) -> Path:
 def process_gone(pid: int) -> bool:
     """True when no process `pid` runs; a zombie (exited, not yet reaped by its parent) counts as gone."""
     return not alive(pid)
+
+
+class ServiceProcess:
+    """A service as its own process (`python -m services.<name>`), for tests that kill -9 it."""
+
+    def __init__(self, module: str, env: dict[str, str], port: int, log_path: Path):
+        self.module, self.env, self.port, self.log_path = module, env, port, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await asyncio.to_thread(healthy, self.address, 0.5):
+            if self.process.poll() is not None or asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"{self.module} did not start:\n{self.log_path.read_text()[-3000:]}")
+            await asyncio.sleep(0.05)
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- billing: what the scheduler's transitions say each attempt must be billed ---------------
+
+
+def attempt_intervals(run: gateway_pb2.Run) -> dict[int, tuple[int, int | None]]:
+    """attempt → (ASSIGNED time, close time) from the run's transitions: an attempt closes at the
+    run's end, or when it was lost and queued again; None while it still holds its GPUs."""
+    intervals: dict[int, tuple[int, int | None]] = {}
+    attempt, opened = 0, None
+    for transition in run.status.transitions:
+        time_ms = transition.time.ToMilliseconds()
+        if transition.state == run_pb2.RUN_STATE_ASSIGNED:
+            attempt, opened = attempt + 1, time_ms
+            intervals[attempt] = (time_ms, None)
+        elif opened is not None and (transition.state in TERMINAL or transition.state == run_pb2.RUN_STATE_QUEUED):
+            intervals[attempt] = (opened, time_ms)
+            opened = None
+    return intervals
+
+
+async def closed_usage_records(
+    client: gateway_pb2_grpc.TrainingServiceAsyncStub, run: gateway_pb2.Run, timeout: float = 30
+) -> list[gateway_pb2.UsageRecord]:
+    """The ended run's usage records, once metering holds a closed one per attempt (delivery is asynchronous)."""
+    wanted = len(attempt_intervals(run))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        listing = await client.ListUsageRecords(gateway_pb2.ListUsageRecordsRequest(run=run.name, page_size=1000))
+        records = list(listing.usage_records)
+        if len(records) >= wanted and not any(r.accruing for r in records):
+            return records
+        assert asyncio.get_running_loop().time() < deadline, f"usage of {run.name} never closed: {records}"
+        await asyncio.sleep(0.05)
+
+
+def assert_billed_exactly(run: gateway_pb2.Run, records: list[gateway_pb2.UsageRecord]) -> int:
+    """Each attempt billed GPUs × (close − ASSIGNED) of the scheduler's transitions, to the millisecond,
+    once; returns the run's billed GPU-milliseconds."""
+    gpus = run.spec.resources.gpus
+    expected = {a: (start, end, gpus * (end - start)) for a, (start, end) in attempt_intervals(run).items() if end}
+    billed = {
+        r.attempt: (r.start_time.ToMilliseconds(), r.end_time.ToMilliseconds(), r.gpu_milliseconds) for r in records
+    }
+    assert len(records) == len(billed), f"an attempt of {run.name} has two records: {records}"
+    assert billed == expected, f"{run.name}: billed {billed}, transitions say {expected}"
+    return sum(ms for _, _, ms in billed.values())

@@ -6,10 +6,10 @@ Each subject has its module; importing it registers its verbs on the `cli` group
 
 from __future__ import annotations
 
-from dlaas.cli import data, platform_cmds, runs, usage
+from dlaas.cli import cluster, connections, data, platform_cmds, runs, usage
 from dlaas.cli.app import cli
 
-__all__ = ["cli", "data", "main", "platform_cmds", "runs", "usage"]
+__all__ = ["cli", "cluster", "connections", "data", "main", "platform_cmds", "runs", "usage"]
 
 
 def main() -> None:

@@ -12,15 +12,19 @@ from dlaas import platform
 from dlaas.gateway.v1 import gateway_pb2_grpc
 
 
-def stub() -> gateway_pb2_grpc.TrainingServiceStub:
+def channel() -> grpc.Channel:
+    """A channel to the gateway: DLAAS_ENDPOINT, or the platform `dlaas up` started."""
     address = platform.gateway_address()
     if not address:
         raise click.ClickException("the platform is not running here: start it with `dlaas up` (or set DLAAS_ENDPOINT)")
-    channel = grpc.insecure_channel(
+    return grpc.insecure_channel(
         address,
         options=[("grpc.max_send_message_length", 80 << 20), ("grpc.max_receive_message_length", 80 << 20)],
     )
-    return gateway_pb2_grpc.TrainingServiceStub(channel)
+
+
+def stub() -> gateway_pb2_grpc.TrainingServiceStub:
+    return gateway_pb2_grpc.TrainingServiceStub(channel())
 
 
 def fail(error: grpc.RpcError) -> NoReturn:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlaas.transfer_s3 import PresignedGet, S3Location
+
 
 class ConfigError(ValueError):
     """runner.json is missing, unreadable or malformed; the message says what and where."""
@@ -51,7 +53,12 @@ class JobDirs:
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """One attempt of one run, as the backend describes it. ``run_token`` is never shown."""
+    """One attempt of one run, as the backend describes it. ``run_token`` and keys are never shown.
+
+    Each input and the results are either a path on the local store or an S3 location; the
+    runner.json contract: ``code_archive_path``/``code_s3``, ``data_path``/``data_s3``,
+    ``results_path``/``results_s3`` (one of each pair, the code and data ones optional).
+    """
 
     run: str
     run_id: str
@@ -66,9 +73,14 @@ class RunnerConfig:
     job_dir: Path
     code_archive_path: Path | None
     data_path: Path | None
-    results_path: Path
+    # On the local store; None when the results go to an S3-compatible store (results_s3).
+    results_path: Path | None
     max_runtime_s: float | None
     trace_carrier: Mapping[str, str]
+    # Inputs and results on an S3-compatible store, with the grant's temporary credentials.
+    code_s3: S3Location | None = None
+    data_s3: S3Location | None = None
+    results_s3: S3Location | None = None
 
     @property
     def dirs(self) -> JobDirs:
@@ -76,7 +88,12 @@ class RunnerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The runner.json document, as `from_dict` reads it."""
-        optional = {"code_archive_path": self.code_archive_path, "data_path": self.data_path}
+        optional = {
+            "code_archive_path": self.code_archive_path,
+            "data_path": self.data_path,
+            "results_path": self.results_path,
+        }
+        s3 = {"code_s3": self.code_s3, "data_s3": self.data_s3, "results_s3": self.results_s3}
         return {
             "run": self.run,
             "run_id": self.run_id,
@@ -90,13 +107,13 @@ class RunnerConfig:
             "environment": dict(self.environment),
             "job_dir": str(self.job_dir),
             **{key: str(value) if value is not None else None for key, value in optional.items()},
-            "results_path": str(self.results_path),
+            **{key: value.to_dict() if value is not None else None for key, value in s3.items()},
             "max_runtime_s": self.max_runtime_s,
             "trace_carrier": dict(self.trace_carrier),
         }
 
     def write(self, path: Path) -> Path:
-        """Writes runner.json readable by its owner only: it holds the run token."""
+        """Writes runner.json readable by its owner only: it holds the run token and the grant's keys."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f)
@@ -120,6 +137,7 @@ class RunnerConfig:
         if not isinstance(document, dict):
             raise ConfigError(f"{source}: expected a JSON object")
         fields = _Fields(document, source)
+        results_s3 = fields.s3_location("results_s3")
         return cls(
             run=fields.text("run"),
             run_id=fields.text("run_id"),
@@ -134,9 +152,14 @@ class RunnerConfig:
             job_dir=fields.absolute_path("job_dir"),
             code_archive_path=fields.optional_absolute_path("code_archive_path"),
             data_path=fields.optional_absolute_path("data_path"),
-            results_path=fields.absolute_path("results_path"),
+            results_path=(
+                fields.optional_absolute_path("results_path") if results_s3 else fields.absolute_path("results_path")
+            ),
             max_runtime_s=fields.optional_seconds("max_runtime_s"),
             trace_carrier=fields.string_map("trace_carrier"),
+            code_s3=fields.s3_location("code_s3"),
+            data_s3=fields.s3_location("data_s3"),
+            results_s3=results_s3,
         )
 
 
@@ -199,6 +222,50 @@ class _Fields:
         if self._get(key, None) is None:
             return None
         return self.absolute_path(key)
+
+    def s3_location(self, key: str) -> S3Location | None:
+        value = self._get(key, None)
+        if value is None:
+            return None
+        problem = self._error(key, "an object with endpoint, bucket and credentials or presigned URLs")
+        if not isinstance(value, dict):
+            raise problem
+        if not all(isinstance(value.get(name), str) and value[name] for name in ("endpoint", "bucket")):
+            raise problem
+        if not all(isinstance(value.get(name, ""), str) for name in ("region", "prefix")):
+            raise problem
+        expire_ms = value.get("expire_ms", 0)
+        if not _is_int(expire_ms):
+            raise problem
+        common = {
+            "endpoint": value["endpoint"],
+            "region": value.get("region", ""),
+            "bucket": value["bucket"],
+            "prefix": value.get("prefix", ""),
+            "expire_ms": int(expire_ms),
+        }
+        signed = value.get("presigned")
+        if signed is not None:
+            try:
+                objects = tuple(
+                    PresignedGet(str(k), int(size), str(etag), str(url)) for k, size, etag, url in signed["objects"]
+                )
+                fields = tuple((str(name), str(v)) for name, v in dict(signed["post_fields"]).items())
+                post_url = str(signed["post_url"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise problem from exc
+            return S3Location(**common, presigned=True, objects=objects, post_url=post_url, post_fields=fields)
+        keys = ("access_key_id", "secret_access_key")
+        if not all(isinstance(value.get(name), str) and value[name] for name in keys):
+            raise problem
+        if not isinstance(value.get("session_token", ""), str):
+            raise problem
+        return S3Location(
+            **common,
+            access_key_id=value["access_key_id"],
+            secret_access_key=value["secret_access_key"],
+            session_token=value.get("session_token", ""),
+        )
 
     def optional_seconds(self, key: str) -> float | None:
         value = self._get(key, None)

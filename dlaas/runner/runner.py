@@ -14,8 +14,9 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from dlaas import transfer
+from dlaas import transfer, transfer_s3
 from dlaas.runner import staging
 from dlaas.runner.config import RunnerConfig
 from dlaas.runner.environment import build_child_env
@@ -193,16 +194,23 @@ class Runner:
         dirs = self.dirs
         for folder in (dirs.model, dirs.results, dirs.logs, dirs.checkpoints):
             folder.mkdir(parents=True, exist_ok=True)
-        if self.config.code_archive_path is not None:
+        code_archive = self.config.code_archive_path
+        if self.config.code_s3 is not None:
+            code_archive = dirs.job / "model.tar.gz"
+            transfer_s3.download_object(self.config.code_s3, self.config.code_s3.prefix, code_archive)
+        if code_archive is not None:
             began = time.monotonic()
-            extracted = staging.extract_code_archive(self.config.code_archive_path, dirs.model)
+            extracted = staging.extract_code_archive(code_archive, dirs.model)
             self._log.line(
                 f"extracted the model code: {files_phrase(extracted.files)} ({human_size(extracted.bytes)})"
                 f" in {time.monotonic() - began:.2f} s"
             )
         began = time.monotonic()
-        staged = staging.stage_data(self.config.data_path, dirs.data)
-        if self.config.data_path is not None:
+        if self.config.data_s3 is not None:
+            staged = transfer_s3.download_prefix(self.config.data_s3, dirs.data)
+        else:
+            staged = staging.stage_data(self.config.data_path, dirs.data)
+        if self.config.data_path is not None or self.config.data_s3 is not None:
             notes = [f"{staged.linked} linked"] if staged.linked else []
             notes += [f"{staged.skipped} already there"] if staged.skipped else []
             self._log.line(
@@ -240,29 +248,42 @@ class Runner:
         """Upload results and logs; (summary, error). training.log goes last, once, so it
         holds the upload line (the log itself is not counted in it)."""
         dirs = self.dirs
-        target = self.config.results_path
         began = time.monotonic()
         try:
             for folder in (dirs.results, dirs.logs):
                 folder.mkdir(parents=True, exist_ok=True)
-            results = transfer.copy_tree(dirs.results, target, verify=True)
-            logs = transfer.copy_tree(dirs.logs, target / "logs", verify=True)
+            results = self._upload_tree(dirs.results, "")
+            logs = self._upload_tree(dirs.logs, "logs")
             files = results.files + logs.files
             unchanged = results.skipped + logs.skipped
             summary = f"uploaded {files_phrase(files)} ({human_size(results.bytes + logs.bytes)})"
             if unchanged:
                 summary += f", {unchanged} already there"
             self._log.line(f"{summary}, verified, in {time.monotonic() - began:.2f} s")
-            transfer.copy_file(dirs.training_log, target / "logs" / "training.log", verify=True)
+            self._upload_training_log()
         except (transfer.TransferError, OSError) as exc:
             self._log.line(f"upload failed: {exc}")
             self._upload_log_best_effort()
             return "", str(exc)
         return summary, None
 
+    def _upload_tree(self, folder: Path, under: str) -> transfer.TransferStats:
+        if self.config.results_s3 is not None:
+            return transfer_s3.upload_tree(folder, self.config.results_s3, under)
+        assert self.config.results_path is not None
+        return transfer.copy_tree(folder, self.config.results_path / under if under else self.config.results_path)
+
+    def _upload_training_log(self) -> None:
+        if self.config.results_s3 is not None:
+            key = self.config.results_s3.key("logs/training.log")
+            transfer_s3.upload_file(self.dirs.training_log, self.config.results_s3, key)
+            return
+        assert self.config.results_path is not None
+        transfer.copy_file(self.dirs.training_log, self.config.results_path / "logs" / "training.log", verify=True)
+
     def _upload_log_best_effort(self) -> None:
         try:
-            transfer.copy_file(self.dirs.training_log, self.config.results_path / "logs" / "training.log")
+            self._upload_training_log()
         except (transfer.TransferError, OSError) as exc:
             logger.warning("cannot upload the training log: %s", exc)
 

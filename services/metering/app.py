@@ -10,6 +10,7 @@ from services.common.db import create_engine, migrate
 from services.common.server import Service, new_service
 from services.metering.adapters.db import UsageRepository
 from services.metering.api.servicer import MeteringServicer
+from services.metering.domain.rating import parse_prices
 from services.metering.settings import MeteringSettings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -22,7 +23,9 @@ async def build_server(settings: MeteringSettings) -> Service:
         await asyncio.to_thread(migrate, settings.database_url, MIGRATIONS_DIR, VERSION_TABLE)
     service = new_service("metering", settings, SERVICE_NAMES)
     engine = create_engine(settings.database_url)
-    servicer = MeteringServicer(UsageRepository(engine))
+    repository = UsageRepository(engine)
+    await repository.seed_prices(parse_prices(settings.prices))
+    servicer = MeteringServicer(repository, settings.currency)
     metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, service.server)
     service.on_stop.append(engine.dispose)
     return service

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -17,7 +17,17 @@ class StorageSettings(ServiceSettings):
     # Root of the platform's local object store: <objects_dir>/<account>/<bucket>/<key>.
     objects_dir: str = "objects"
     # The longest grant the broker issues.
-    max_grant_ttl_s: int = Field(default=86400, gt=0)
+    # Long enough for the longest tier (premium: 7 days) plus the scheduler's margin.
+    max_grant_ttl_s: int = Field(default=8 * 86400, gt=0)
+    # The AES-256 key that seals connection secrets at rest, as base64 or hex. Else read from
+    # encryption_key_file; else that file (default: beside objects_dir) is created with a new key.
+    encryption_key: SecretStr | None = None
+    encryption_key_file: str = ""
+    # Keys that sealed secrets before the current one (rotation): JSON list, base64 or hex.
+    previous_encryption_keys: list[SecretStr] = Field(default_factory=list)
+
+    def key_file(self) -> Path:
+        return Path(self.encryption_key_file or Path(self.objects_dir).parent / "storage-encryption.key").expanduser()
 
     @field_validator("objects_dir")
     @classmethod

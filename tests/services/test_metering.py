@@ -264,16 +264,14 @@ async def test_invalid_events_are_refused_and_nothing_is_stored(metering: Meteri
     bad_names.run = "runs/r4"
     no_kind = event(OPEN, T0, run="r5")
     no_kind.kind = metering_pb2.USAGE_EVENT_KIND_UNSPECIFIED
-    open_without_gpus = event(OPEN, T0, run="r6", gpus=0)
+    too_many_gpus = event(OPEN, T0, run="r6", gpus=70_000)
     negative_gpus = event(CLOSE, T0, run="r7")
     negative_gpus.gpus = -1
     foreign_run = event(OPEN, T0, run="r8")
     foreign_run.run = "accounts/globex/runs/r8"
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await record(
-            metering.stub, good, no_id, no_time, bad_names, no_kind, open_without_gpus, negative_gpus, foreign_run
-        )
+        await record(metering.stub, good, no_id, no_time, bad_names, no_kind, too_many_gpus, negative_gpus, foreign_run)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert set(bad_request(caught.value)) == {
         "events[1].event_id",

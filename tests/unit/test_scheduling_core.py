@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.scheduler.domain.model import Allocation, LiveRun, Node, QueuedRun, TierLimits
+from services.scheduler.domain.model import Allocation, Decisions, LiveRun, Node, QueuedRun, TierLimits
 from services.scheduler.domain.placement import decide, never_fits
 
 TYPES = ["a100", "h100", "v100"]
@@ -51,7 +52,9 @@ def workloads(draw: st.DrawFn) -> tuple[list[Node], dict[str, TierLimits], list[
     return nodes, tiers, runs
 
 
-def simulate(nodes, tiers, runs, rounds=60, seed_order=None):
+def simulate(
+    nodes: list[Node], tiers: dict[str, TierLimits], runs: list[QueuedRun], rounds: int = 60
+) -> Iterator[tuple[int, Decisions, list[LiveRun], list[QueuedRun]]]:
     """Decision rounds with finishes in between; yields (decisions, live) after each round."""
     schedulable = [n for n in nodes if n.schedulable]
     pending = [r for r in runs if never_fits(r, tiers[r.account], schedulable) is None]
@@ -129,7 +132,7 @@ def test_fair_share_splits_a_contended_cluster_by_weight() -> None:
     tiers = {"heavy": TierLimits(max_gpus=64, weight=3.0), "light": TierLimits(max_gpus=64, weight=1.0)}
     runs = [QueuedRun(f"{a}-{i}", a, 1, "", i * 2 + (a == "light"), 1) for a in tiers for i in range(40)]
     decisions = decide(runs, [], nodes, tiers)
-    started = defaultdict(int)
+    started: dict[str, int] = defaultdict(int)
     by_name = {r.name: r for r in runs}
     for assignment in decisions.assignments:
         started[by_name[assignment.run].account] += 1

@@ -75,6 +75,24 @@ class Gateway:
             if earlier is not None:
                 return await self._resubmit(earlier, tier)
 
+        for inline in parsed.inline_connections:
+            # Inline credentials become a connection held (sealed) by storage; the spec names it only.
+            try:
+                await self.peers.storage.CreateConnection(
+                    storage_pb2.CreateConnectionRequest(
+                        parent=names.account_name(account),
+                        connection_id=inline.name,
+                        connection=storage_pb2.Connection(
+                            endpoint=inline.endpoint,
+                            access_key_id=inline.access_key_id,
+                            secret_access_key=inline.secret_access_key,
+                        ),
+                    ),
+                    timeout=30,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:  # the same manifest submitted before
+                    raise
         run_id = "run-" + uuid.uuid4().hex[:12]
         name = names.run_name(account, run_id)
         code: run_pb2.ObjectLocation | None = None

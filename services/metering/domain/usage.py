@@ -170,8 +170,6 @@ def _validate_event(event: EventInput, path: str) -> tuple[UsageEvent | None, li
         bad("gpus", "must not be negative")
     elif event.gpus > MAX_GPUS:
         bad("gpus", f"must be at most {MAX_GPUS}")
-    elif event.kind is EventKind.OPEN and event.gpus == 0:
-        bad("gpus", "is required for an OPEN event (at least 1)")
     if len(event.gpu_type) > MAX_LABEL_LENGTH:
         bad("gpu_type", f"must be at most {MAX_LABEL_LENGTH} characters")
     if len(event.node) > MAX_LABEL_LENGTH:

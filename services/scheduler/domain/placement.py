@@ -45,6 +45,14 @@ class FreeGpus:
         for name, node in self.nodes.items():
             self._buckets[node.gpu_type.lower()][len(self.free[name])].add(name)
 
+    def copy(self) -> FreeGpus:
+        twin = FreeGpus.__new__(FreeGpus)
+        twin.nodes = self.nodes
+        twin.free = {name: set(indices) for name, indices in self.free.items()}
+        twin._types = self._types
+        twin._buckets = {t: [set(b) for b in buckets] for t, buckets in self._buckets.items()}
+        return twin
+
     def _move(self, name: str, before: int) -> None:
         buckets = self._buckets[self.nodes[name].gpu_type.lower()]
         buckets[before].discard(name)
@@ -133,6 +141,10 @@ def never_fits(run: QueuedRun, tier: TierLimits, nodes: Sequence[Node]) -> str |
     return f"needs {run.gpus} GPUs on one node but the largest suitable node has {largest}"
 
 
+# Heads tried for a reservation per round: each try simulates the ends of running runs.
+MAX_RESERVATION_TRIES = 4
+
+
 @dataclass
 class _Reservation:
     run: str
@@ -170,6 +182,7 @@ def decide(
     estimates: dict[str, int] = {}
     assigned: set[str] = set()
     reservation: _Reservation | None = None
+    reservation_tries = 0
     cursor: dict[str, int] = defaultdict(int)
 
     def key(account: str) -> tuple[float, int, int, str]:
@@ -197,7 +210,8 @@ def decide(
             in_use[account] += run.total_gpus
         else:
             reasons[run.name] = _capacity_reason(run, free, nodes)
-            if reservation is None and run.gpus > 0:
+            if reservation is None and run.gpus > 0 and reservation_tries < MAX_RESERVATION_TRIES:
+                reservation_tries += 1
                 reservation = _reserve(run, tier, free, live, nodes, now_ms)
                 if reservation is not None:
                     estimates[run.name] = reservation.shadow_ms
@@ -255,10 +269,11 @@ def _reserve(
     ending = sorted((r for r in live if r.deadline_ms > 0), key=lambda r: r.deadline_ms)
     deadlines = [r.deadline_ms for r in ending]
 
+    if not ending:
+        return None  # nothing is known to end: no time to promise
+
     def placement_after(count: int) -> tuple[Allocation, ...] | None:
-        trial = FreeGpus(nodes)
-        for name in trial.nodes:
-            trial.take(name, set(range(trial.nodes[name].gpu_count)) - free.free.get(name, set()))
+        trial = free.copy()
         for holder in ending[:count]:
             for allocation in holder.allocations:
                 trial.give(allocation.node, allocation.gpu_indices)

@@ -560,9 +560,41 @@ class Scheduler:
         grant = await self.peers.grant_run(
             run.account, run.name, run.attempt, reads, results, max_runtime_s + self.settings.grant_margin_s
         )
-        paths = [access.local.path for access in grant.accesses]
-        data_path = paths[0] if spec.training_data.bucket else None
-        code_path = paths[len(reads) - 1] if run.code else None
+        # Each access is a local path, S3 credentials or presigned URLs (runner.json carries any, per input).
+        from dlaas.transfer_s3 import PresignedGet, S3Location
+
+        def where(index: int) -> tuple[Path | None, S3Location | None]:
+            access = grant.accesses[index]
+            if access.WhichOneof("method") == "presigned":
+                signed = access.presigned
+                return None, S3Location(
+                    endpoint=signed.endpoint,
+                    region="",
+                    bucket=signed.bucket,
+                    prefix=signed.prefix,
+                    expire_ms=signed.expire_time.ToMilliseconds(),
+                    presigned=True,
+                    objects=tuple(PresignedGet(o.key, o.size_bytes, o.etag, o.url) for o in signed.objects),
+                    post_url=signed.post_url,
+                    post_fields=tuple(sorted(signed.post_fields.items())),
+                )
+            if access.WhichOneof("method") == "s3":
+                s3 = access.s3
+                return None, S3Location(
+                    endpoint=s3.endpoint,
+                    region=s3.region,
+                    bucket=s3.bucket,
+                    prefix=s3.prefix,
+                    access_key_id=s3.access_key_id,
+                    secret_access_key=s3.secret_access_key,
+                    session_token=s3.session_token,
+                    expire_ms=s3.expire_time.ToMilliseconds(),
+                )
+            return Path(access.local.path), None
+
+        data_path, data_s3 = where(0) if spec.training_data.bucket else (None, None)
+        code_path, code_s3 = where(len(reads) - 1) if run.code else (None, None)
+        results_path, results_s3 = where(len(grant.accesses) - 1)
         envs = self.settings.framework_envs
         framework = spec.framework
         python_bin_dir = (
@@ -582,11 +614,14 @@ class Scheduler:
             num_learners=max(1, spec.resources.learners),
             environment=dict(spec.environment),
             job_dir=self.backend.job_dir(run.name, run.attempt),
-            code_archive_path=Path(code_path) if code_path else None,
-            data_path=Path(data_path) if data_path else None,
-            results_path=Path(paths[-1]),
+            code_archive_path=code_path,
+            data_path=data_path,
+            results_path=results_path,
             max_runtime_s=max_runtime_s,
             trace_carrier=current_carrier(),
+            code_s3=code_s3,
+            data_s3=data_s3,
+            results_s3=results_s3,
         )
         return launch, grant.name
 

@@ -11,11 +11,12 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition
 from services.storage.domain.locations import prefix_parts
-from services.storage.domain.model import AccessMode, LocalPath, Location, ObjectMeta, ObjectPage
+from services.storage.domain.model import AccessMethod, AccessMode, LocalPath, Location, ObjectMeta, ObjectPage
 
 _CHUNK = 1024 * 1024
 # Temporary files of writes in progress: beside the accounts, where no bucket or account can be
@@ -26,6 +27,16 @@ _STAGING = ".staging"
 class LocalObjectStore:
     def __init__(self, root: Path):
         self.root = root.expanduser().resolve()
+
+    async def grant(
+        self, account: str, grant_id: str, accesses: Sequence[tuple[Location, AccessMode]], expire_ms: int
+    ) -> list[AccessMethod]:
+        return [await asyncio.to_thread(self._grant_access, account, location, mode) for location, mode in accesses]
+
+    async def revoke(self, account: str, grant_id: str) -> None:
+        # Paths cannot be taken back: the local store serves processes of this machine, which the
+        # scheduler stops when their run ends.
+        return None
 
     async def grant_access(self, account: str, location: Location, mode: AccessMode) -> LocalPath:
         return await asyncio.to_thread(self._grant_access, account, location, mode)

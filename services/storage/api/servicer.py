@@ -5,13 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf import empty_pb2
 
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
 from dlaas.types.v1 import run_pb2
 from services.common.timeutil import to_timestamp
 from services.storage.domain.broker import StorageBroker
+from services.storage.domain.connections import CreateConnection
 from services.storage.domain.grants import CreateGrant
-from services.storage.domain.model import Access, AccessMode, AccessRequest, Grant, Location, ObjectMeta
+from services.storage.domain.model import (
+    Access,
+    AccessMode,
+    AccessRequest,
+    Connection,
+    Grant,
+    LocalPath,
+    Location,
+    ObjectMeta,
+    PresignedUrls,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -60,6 +72,48 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             objects=[_object(meta) for meta in listing.objects], next_page_token=listing.next_page_token
         )
 
+    async def CreateConnection(
+        self, request: storage_pb2.CreateConnectionRequest, context: Context
+    ) -> storage_pb2.Connection:
+        given = request.connection
+        connection = await self._broker.create_connection(
+            CreateConnection(
+                parent=request.parent,
+                connection_id=request.connection_id,
+                endpoint=given.endpoint,
+                region=given.region,
+                access_key_id=given.access_key_id,
+                secret_access_key=given.secret_access_key,
+                request_id=request.request_id,
+                presigned_urls=given.presigned_urls,
+            )
+        )
+        return _connection(connection)
+
+    async def ListConnections(
+        self, request: storage_pb2.ListConnectionsRequest, context: Context
+    ) -> storage_pb2.ListConnectionsResponse:
+        listing = await self._broker.list_connections(request.parent, request.page_size, request.page_token)
+        return storage_pb2.ListConnectionsResponse(
+            connections=[_connection(c) for c in listing.connections], next_page_token=listing.next_page_token
+        )
+
+    async def DeleteConnection(self, request: storage_pb2.DeleteConnectionRequest, context: Context) -> empty_pb2.Empty:
+        await self._broker.delete_connection(request.name)
+        return empty_pb2.Empty()
+
+
+def _connection(connection: Connection) -> storage_pb2.Connection:
+    # Keys are input only: the answer names the store and a hint of the access key, nothing more.
+    return storage_pb2.Connection(
+        name=connection.name,
+        endpoint=connection.endpoint,
+        region=connection.region,
+        access_key_hint=connection.access_key_hint,
+        create_time=to_timestamp(connection.create_ms),
+        presigned_urls=connection.presigned_urls,
+    )
+
 
 def _location(location: run_pb2.ObjectLocation) -> Location:
     return Location(connection=location.connection, bucket=location.bucket, prefix=location.prefix)
@@ -70,11 +124,39 @@ def _location_proto(location: Location) -> run_pb2.ObjectLocation:
 
 
 def _access(access: Access) -> storage_pb2.ObjectAccess:
-    return storage_pb2.ObjectAccess(
-        location=_location_proto(access.location),
-        mode=_MODE_TO_PROTO[access.mode],
-        local=storage_pb2.LocalAccess(path=access.method.path),
-    )
+    result = storage_pb2.ObjectAccess(location=_location_proto(access.location), mode=_MODE_TO_PROTO[access.mode])
+    method = access.method
+    if isinstance(method, LocalPath):
+        result.local.path = method.path
+    elif isinstance(method, PresignedUrls):
+        result.presigned.CopyFrom(
+            storage_pb2.PresignedAccess(
+                endpoint=method.endpoint,
+                bucket=method.bucket,
+                prefix=method.prefix,
+                objects=[
+                    storage_pb2.PresignedObject(key=o.key, size_bytes=o.size_bytes, etag=o.etag, url=o.url)
+                    for o in method.objects
+                ],
+                post_url=method.post_url,
+                post_fields=dict(method.post_fields),
+                expire_time=to_timestamp(method.expire_ms),
+            )
+        )
+    else:
+        result.s3.CopyFrom(
+            storage_pb2.S3Access(
+                endpoint=method.endpoint,
+                region=method.region,
+                bucket=method.bucket,
+                prefix=method.prefix,
+                access_key_id=method.access_key_id,
+                secret_access_key=method.secret_access_key,
+                session_token=method.session_token,
+                expire_time=to_timestamp(method.expire_ms),
+            )
+        )
+    return result
 
 
 def _grant(grant: Grant) -> storage_pb2.Grant:

@@ -1,13 +1,21 @@
-"""The broker's use cases: issue and revoke grants, write and list objects."""
+"""The broker's use cases: issue and revoke grants, register connections, write and list objects."""
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.common.errors import FailedPrecondition, FieldViolation, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
 from services.common.pagination import decode_token, encode_token, page_size
+from services.storage.domain.connections import (
+    CreateConnection,
+    parse_connection_name,
+)
+from services.storage.domain.connections import (
+    validate_create as check_connection,
+)
 from services.storage.domain.grants import (
     CreateGrant,
     account_or_violation,
@@ -17,12 +25,25 @@ from services.storage.domain.grants import (
     validate_create,
 )
 from services.storage.domain.locations import location_violations
-from services.storage.domain.model import Access, Grant, Location, ObjectMeta
-from services.storage.domain.ports import GrantRepository, ObjectStore
+from services.storage.domain.model import (
+    PLATFORM_CONNECTION,
+    Access,
+    AccessMode,
+    Connection,
+    Grant,
+    Location,
+    ObjectMeta,
+)
+from services.storage.domain.ports import ConnectionRepository, GrantRepository, ObjectStore
+
+log = logging.getLogger(__name__)
 
 MAX_OBJECT_BYTES = 64 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 1000
+
+
+MAX_CONNECTIONS_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -31,30 +52,90 @@ class ObjectListing:
     next_page_token: str
 
 
+@dataclass(frozen=True)
+class ConnectionListing:
+    connections: tuple[Connection, ...]
+    next_page_token: str
+
+
 class StorageBroker:
     def __init__(
         self,
         grants: GrantRepository,
-        stores: Mapping[str, ObjectStore],
+        platform_store: ObjectStore,
         *,
         max_grant_ttl_s: int,
         clock: Callable[[], int],
+        connections: ConnectionRepository | None = None,
+        open_store: Callable[[Connection], ObjectStore] | None = None,
     ):
         self._grants = grants
-        self._stores = dict(stores)
+        self._platform_store = platform_store
+        self._connections = connections
+        self._open_store = open_store
         self._max_grant_ttl_s = max_grant_ttl_s
         self._clock = clock
 
-    def store_for(self, connection: str) -> ObjectStore:
-        store = self._stores.get(connection)
-        if store is None:
-            # Inline connections of FfDL/WML manifests ("inline-…") land here too until they are registered.
+    async def store_for(self, account: str, connection: str) -> ObjectStore:
+        if connection == PLATFORM_CONNECTION:
+            return self._platform_store
+        found = None
+        if self._connections is not None and self._open_store is not None:
+            found = await self._connections.get(account, connection)
+        if found is None or self._open_store is None:
             raise FailedPrecondition(
                 f"connection {connection[:80]} is not registered",
                 reason="CONNECTION_NOT_FOUND",
                 metadata={"connection": connection[:200]},
             )
-        return store
+        return self._open_store(found)
+
+    # --- connections -----------------------------------------------------------------------
+
+    async def create_connection(self, request: CreateConnection) -> Connection:
+        account = check_connection(request)
+        repo = self._require_connections()
+        if request.request_id:
+            earlier = await repo.find_by_request_id(account, request.request_id)
+            if earlier is not None:
+                return earlier
+        connection = Connection(
+            account=account,
+            id=request.connection_id,
+            endpoint=request.endpoint.rstrip("/"),
+            region=request.region,
+            access_key_id=request.access_key_id,
+            secret_access_key=request.secret_access_key,
+            create_ms=self._clock(),
+            request_id=request.request_id,
+            presigned_urls=request.presigned_urls,
+        )
+        stored = await repo.insert(connection)
+        if stored is None:
+            earlier = await repo.find_by_request_id(account, request.request_id) if request.request_id else None
+            if earlier is not None:
+                return earlier
+            raise AlreadyExists(f"connection {connection.name} already exists", metadata={"name": connection.name})
+        return stored
+
+    async def list_connections(self, parent: str, requested_page_size: int, page_token: str) -> ConnectionListing:
+        violations: list[FieldViolation] = []
+        account = account_or_violation(parent, violations)
+        raise_if_any(violations)
+        limit = page_size(requested_page_size, default=MAX_CONNECTIONS_PAGE, maximum=MAX_CONNECTIONS_PAGE)
+        offset = decode_token(page_token, account)
+        found, more = await self._require_connections().list(account, offset, limit)
+        return ConnectionListing(tuple(found), encode_token(offset + len(found), account) if more else "")
+
+    async def delete_connection(self, name: str) -> None:
+        account, connection_id = parse_connection_name(name)
+        if not await self._require_connections().delete(account, connection_id):
+            raise NotFound(f"connection {name} not found", metadata={"name": name})
+
+    def _require_connections(self) -> ConnectionRepository:
+        if self._connections is None:
+            raise FailedPrecondition("this storage service keeps no connections", reason="CONNECTIONS_DISABLED")
+        return self._connections
 
     async def create_grant(self, request: CreateGrant) -> Grant:
         valid = validate_create(request, self._max_grant_ttl_s)
@@ -64,18 +145,26 @@ class StorageBroker:
             if earlier is not None:
                 return earlier
         # Every connection is resolved before any store is touched: a refused request leaves nothing behind.
-        stores = [self.store_for(location.connection) for location, _ in valid.accesses]
-        accesses = []
-        for store, (location, mode) in zip(stores, valid.accesses, strict=True):
-            method = await store.grant_access(valid.account, location, mode)
-            accesses.append(Access(location, mode, method))
+        by_connection: dict[str, list[int]] = {}
+        for index, (location, _) in enumerate(valid.accesses):
+            by_connection.setdefault(location.connection, []).append(index)
+        stores = {name: await self.store_for(valid.account, name) for name in by_connection}
         now = self._clock()
+        grant_id = uuid.uuid4().hex
+        expires = expire_ms(now, valid.ttl_ms)
+        methods: dict[int, Access] = {}
+        for name, indices in by_connection.items():
+            asked: list[tuple[Location, AccessMode]] = [valid.accesses[i] for i in indices]
+            issued = await stores[name].grant(valid.account, grant_id, asked, expires)
+            for index, method in zip(indices, issued, strict=True):
+                location, mode = valid.accesses[index]
+                methods[index] = Access(location, mode, method)
         grant = Grant(
-            id=uuid.uuid4().hex,
+            id=grant_id,
             account=valid.account,
             run=valid.run,
-            accesses=tuple(accesses),
-            expire_ms=expire_ms(now, valid.ttl_ms),
+            accesses=tuple(methods[i] for i in range(len(valid.accesses))),
+            expire_ms=expires,
             revoke_ms=None,
             request_id=valid.request_id,
             created_ms=now,
@@ -87,6 +176,14 @@ class StorageBroker:
         grant = await self._grants.revoke(account, grant_id, self._clock())
         if grant is None:
             raise NotFound(f"grant {name} not found", metadata={"name": name})
+        for connection in sorted({access.location.connection for access in grant.accesses}):
+            try:
+                store = await self.store_for(account, connection)
+            except FailedPrecondition:
+                # The connection is gone: what it handed out expires on its own.
+                log.warning("grant %s: connection %s is gone; its access expires on its own", name, connection)
+                continue
+            await store.revoke(account, grant_id)
         return grant
 
     async def write_object(self, parent: str, location: Location | None, data: bytes) -> ObjectMeta:
@@ -97,7 +194,7 @@ class StorageBroker:
             violations.append(FieldViolation("data", f"must be at most {MAX_OBJECT_BYTES} bytes, got {len(data)}"))
         raise_if_any(violations)
         assert location is not None
-        return await self.store_for(location.connection).write_object(account, location, data)
+        return await (await self.store_for(account, location.connection)).write_object(account, location, data)
 
     async def list_objects(
         self, parent: str, location: Location | None, requested_page_size: int, page_token: str
@@ -110,6 +207,7 @@ class StorageBroker:
         limit = page_size(requested_page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         query = "\n".join([account, location.connection, location.bucket, location.prefix])
         offset = decode_token(page_token, query)
-        page = await self.store_for(location.connection).list_objects(account, location, offset, limit)
+        store = await self.store_for(account, location.connection)
+        page = await store.list_objects(account, location, offset, limit)
         next_token = encode_token(offset + len(page.objects), query) if page.more else ""
         return ObjectListing(page.objects, next_token)

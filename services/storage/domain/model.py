@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The connection name of the platform's own store (ObjectLocation.connection == "").
 PLATFORM_CONNECTION = ""
@@ -39,8 +39,68 @@ class LocalPath:
     path: str
 
 
-# How a location may be reached; S3 credentials join this union with the S3 store.
-AccessMethod = LocalPath
+@dataclass(frozen=True)
+class S3Credentials:
+    """Access to a location on an S3-compatible store: temporary credentials scoped to it."""
+
+    endpoint: str
+    region: str
+    bucket: str
+    prefix: str
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(repr=False)
+    expire_ms: int
+
+
+@dataclass(frozen=True)
+class PresignedObject:
+    key: str
+    size_bytes: int
+    etag: str
+    url: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PresignedUrls:
+    """Access to a location on a store without STS: signed GETs (READ) or a POST policy (WRITE)."""
+
+    endpoint: str
+    bucket: str
+    prefix: str
+    objects: tuple[PresignedObject, ...]
+    post_url: str
+    post_fields: tuple[tuple[str, str], ...] = field(repr=False)
+    expire_ms: int
+
+
+# How a location may be reached.
+AccessMethod = LocalPath | S3Credentials | PresignedUrls
+
+
+@dataclass(frozen=True)
+class Connection:
+    """An account's S3-compatible store. The keys are plaintext only in memory, never shown."""
+
+    account: str
+    id: str
+    endpoint: str
+    region: str
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    create_ms: int
+    # Idempotency key; "" when the caller gave none.
+    request_id: str = ""
+    # The store offers no STS: grants are presigned URLs.
+    presigned_urls: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"accounts/{self.account}/connections/{self.id}"
+
+    @property
+    def access_key_hint(self) -> str:
+        return "…" + self.access_key_id[-4:]
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,39 @@
-"""What the broker needs from the outside world: an object store per connection, a grant ledger."""
+"""What the broker needs from the outside world: object stores, a grant ledger, a connection registry."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from services.storage.domain.model import AccessMethod, AccessMode, Grant, Location, ObjectMeta, ObjectPage
+from services.storage.domain.model import (
+    AccessMethod,
+    AccessMode,
+    Connection,
+    Grant,
+    Location,
+    ObjectMeta,
+    ObjectPage,
+)
 
 
 class ObjectStore(Protocol):
-    """One object store (the local directory now; S3-compatible stores later).
+    """One object store: the platform's local directory, or an account's S3-compatible store.
 
     Every call is scoped to `account`: a store keeps each account's buckets apart, so no
     location of one account can reach another's. Locations arrive validated.
     """
 
-    async def grant_access(self, account: str, location: Location, mode: AccessMode) -> AccessMethod:
-        """How the holder of a grant reaches `location`; for WRITE the location is made ready to write."""
+    async def grant(
+        self, account: str, grant_id: str, accesses: Sequence[tuple[Location, AccessMode]], expire_ms: int
+    ) -> list[AccessMethod]:
+        """How the holder of grant `grant_id` reaches each location, in order, until `expire_ms`.
+
+        For WRITE the location is made ready to write.
+        """
+        ...
+
+    async def revoke(self, account: str, grant_id: str) -> None:
+        """Makes what `grant` handed out for `grant_id` stop working, where the store can."""
         ...
 
     async def write_object(self, account: str, location: Location, data: bytes) -> ObjectMeta:
@@ -42,3 +60,19 @@ class GrantRepository(Protocol):
     async def revoke(self, account: str, grant_id: str, now_ms: int) -> Grant | None:
         """Marks the grant revoked at `now_ms` (a revoked grant keeps its first revoke time)."""
         ...
+
+
+class ConnectionRepository(Protocol):
+    async def get(self, account: str, connection_id: str) -> Connection | None: ...
+
+    async def find_by_request_id(self, account: str, request_id: str) -> Connection | None: ...
+
+    async def insert(self, connection: Connection) -> Connection | None:
+        """Stores `connection`; None when the account already has one with its id or request_id."""
+        ...
+
+    async def list(self, account: str, offset: int, limit: int) -> tuple[list[Connection], bool]:
+        """The account's connections by id from the `offset`-th on, and whether more follow."""
+        ...
+
+    async def delete(self, account: str, connection_id: str) -> bool: ...

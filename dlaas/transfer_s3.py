@@ -1,0 +1,674 @@
+"""Transfers to and from an S3-compatible store with the scoped credentials of a grant.
+
+Used by the runner (staging data, uploading results) and the CLI. Both directions are
+parallel: downloads fetch every object, and every part of a large object, as ranged GETs on a
+pool of workers, written in place with pwrite; uploads send files in parallel and a large file
+as a parallel multipart upload.
+
+Integrity: an object's ETag is the MD5 of its bytes, or for a multipart upload the MD5 of its
+parts' MD5s followed by "-<parts>". Uploads use a fixed part size, so the ETag the store
+answers is checked against the one computed locally (and files whose ETag the store already
+holds are skipped); downloads recompute it from the bytes written. An object whose ETag was made
+with other part sizes is checked with the part sizes that give its part count, else against an
+`x-amz-meta-sha256` its uploader attached, when present.
+
+Resume: a download writes `<name>.dlaas-part` beside its destination and records finished
+chunks in `<name>.dlaas-part.done`; a later attempt (the same run's next attempt, or a rerun of
+`dlaas download`) fetches only the chunks missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dlaas.transfer import Placed, TransferError, TransferStats, safe_relpath
+
+__all__ = ["PART_SIZE", "S3Location", "download_prefix", "object_etag", "upload_file", "upload_tree"]
+
+PART_SIZE = 16 << 20
+DEFAULT_WORKERS = 8
+_READ = 1 << 20
+_PART_SUFFIX = ".dlaas-part"
+
+
+@dataclass(frozen=True)
+class PresignedGet:
+    key: str
+    size: int
+    etag: str
+    url: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket and key prefix on a store, and what reaches it: (temporary) credentials, or
+    presigned URLs (``presigned``: a signed GET per object for reading, a POST policy for writing).
+    """
+
+    endpoint: str
+    region: str
+    bucket: str
+    prefix: str
+    access_key_id: str = ""
+    secret_access_key: str = field(repr=False, default="")
+    session_token: str = field(repr=False, default="")
+    expire_ms: int = 0
+    presigned: bool = False
+    objects: tuple[PresignedGet, ...] = ()
+    post_url: str = field(repr=False, default="")
+    post_fields: tuple[tuple[str, str], ...] = field(repr=False, default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "endpoint": self.endpoint,
+            "region": self.region,
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "expire_ms": self.expire_ms,
+        }
+        if self.presigned:
+            described["presigned"] = {
+                "objects": [[o.key, o.size, o.etag, o.url] for o in self.objects],
+                "post_url": self.post_url,
+                "post_fields": dict(self.post_fields),
+            }
+        else:
+            described |= {
+                "access_key_id": self.access_key_id,
+                "secret_access_key": self.secret_access_key,
+                "session_token": self.session_token,
+            }
+        return described
+
+    def key(self, relative: str) -> str:
+        """The key of `relative` under this location's prefix."""
+        parts = [part for part in (self.prefix.strip("/"), relative.strip("/")) if part]
+        return "/".join(parts)
+
+
+def client(location: S3Location, workers: int = DEFAULT_WORKERS) -> Any:
+    import urllib3
+    from minio import Minio
+
+    split = urlsplit(location.endpoint)
+    http = urllib3.PoolManager(
+        maxsize=max(10, workers * 2),
+        timeout=urllib3.Timeout(connect=10, read=300),
+        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+    return Minio(
+        split.netloc,
+        access_key=location.access_key_id,
+        secret_key=location.secret_access_key,
+        session_token=location.session_token or None,
+        secure=split.scheme == "https",
+        region=location.region or "us-east-1",
+        http_client=http,
+    )
+
+
+class _EtagDigest:
+    """The ETag S3 gives an object uploaded in `part_size` parts, computed as bytes go by.
+
+    One MD5 pass: a single-part object's ETag is the MD5 of its one part.
+    """
+
+    def __init__(self, part_size: int = PART_SIZE):
+        self._part_size = part_size
+        self._part = hashlib.md5(usedforsecurity=False)
+        self._in_part = 0
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self._part_size - self._in_part)
+            self._part.update(view[:take])
+            self._in_part += take
+            view = view[take:]
+            if self._in_part == self._part_size:
+                self._parts.append(self._part.digest())
+                self._part = hashlib.md5(usedforsecurity=False)
+                self._in_part = 0
+
+    def etag(self) -> str:
+        parts = self._parts + ([self._part.digest()] if self._in_part or not self._parts else [])
+        if len(parts) == 1:
+            return parts[0].hex()
+        combined = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
+        return f"{combined}-{len(parts)}"
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def _part_sizes_for(size: int, parts: int) -> list[int]:
+    """Part sizes clients commonly use (whole MiB) that cut `size` bytes into `parts` parts."""
+    if parts < 1:
+        return []
+    mib = 1 << 20
+    common = [5 * mib, 8 * mib, 10 * mib, 15 * mib, 16 * mib, 32 * mib, 64 * mib, 100 * mib, 128 * mib]
+    common.append(-(-size // parts // mib) * mib)
+    return sorted({p for p in common if p > 0 and -(-size // p) == parts})
+
+
+def _digest_file(path: Path, part_size: int = PART_SIZE) -> _EtagDigest:
+    digest = _EtagDigest(part_size)
+    buffer = bytearray(_READ)
+    view = memoryview(buffer)
+    with open(path, "rb") as stream:
+        while count := stream.readinto(view):
+            digest.update(view[:count])
+    return digest
+
+
+def object_etag(path: Path) -> str:
+    """The ETag an upload of `path` by this module gets."""
+    return _digest_file(path).etag()
+
+
+def _s3_failure(action: str, target: str, exc: Exception) -> TransferError:
+    code = getattr(exc, "code", None) or exc.__class__.__name__
+    return TransferError(f"cannot {action} {target}: {code}")
+
+
+def _serialized(on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
+    if on_bytes is None:
+        return lambda count: None
+    lock = threading.Lock()
+    callback = on_bytes
+
+    def report(count: int) -> None:
+        with lock:
+            callback(count)
+
+    return report
+
+
+def _run_all(pool: ThreadPoolExecutor, futures: list[Future[Any]]) -> list[Any]:
+    """Results in order; the first failure cancels what has not started and is raised."""
+    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    failed = next((f for f in futures if f in done and f.exception() is not None), None)
+    if failed is not None:
+        for future in futures:
+            future.cancel()
+        failed.result()
+    return [future.result() for future in futures]
+
+
+# --- downloads ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Remote:
+    key: str
+    size: int
+    etag: str
+    dest: Path
+
+
+def _listing(s3: Any, location: S3Location, dest: Path) -> Iterator[_Remote]:
+    prefix = location.prefix
+    for item in s3.list_objects(location.bucket, prefix=prefix or None, recursive=True):
+        key = item.object_name or ""
+        if key.endswith("/"):
+            continue  # a folder marker
+        if key == prefix:
+            relative = key.rsplit("/", 1)[-1]
+        else:
+            base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+            if not key.startswith(base):
+                continue  # "data/tr" also lists "data/train…": not under this prefix as a folder
+            relative = key[len(base) :]
+        yield _Remote(key, item.size or 0, (item.etag or "").strip('"'), dest / safe_relpath(relative))
+
+
+class _Source:
+    """Ranged reads of a bucket's objects with a grant's credentials."""
+
+    def __init__(self, s3: Any, bucket: str):
+        self.s3 = s3
+        self.bucket = bucket
+
+    def get(self, key: str, offset: int, length: int) -> Any:
+        return self.s3.get_object(self.bucket, key, offset=offset, length=length)
+
+    def sha256(self, key: str) -> str | None:
+        meta = self.s3.stat_object(self.bucket, key).metadata
+        sha = meta.get("x-amz-meta-sha256") or meta.get("X-Amz-Meta-Sha256")
+        return str(sha) if sha else None
+
+
+class _SignedSource:
+    """Ranged reads through presigned GET URLs (no HEAD: its signature is for GET only)."""
+
+    def __init__(self, location: S3Location, workers: int):
+        import urllib3
+
+        self.bucket = location.bucket
+        self._urls = {o.key: o.url for o in location.objects}
+        self._http = urllib3.PoolManager(maxsize=max(10, workers * 2), timeout=urllib3.Timeout(connect=10, read=300))
+
+    def get(self, key: str, offset: int, length: int) -> Any:
+        response = self._http.request(
+            "GET",
+            self._urls[key],
+            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+            preload_content=False,
+            retries=3,
+        )
+        if response.status not in (200, 206):
+            code = _error_code(response.read())
+            response.release_conn()
+            raise TransferError(f"cannot download {self.bucket}/{key}: {response.status} {code}")
+        return response
+
+    def sha256(self, key: str) -> str | None:
+        return None
+
+
+def _error_code(body: bytes) -> str:
+    text = body[:2000].decode(errors="replace")
+    start, end = text.find("<Code>"), text.find("</Code>")
+    return text[start + 6 : end] if 0 <= start < end else "error"
+
+
+def download_prefix(
+    location: S3Location,
+    dest: Path,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    on_bytes: Callable[[int], None] | None = None,
+) -> TransferStats:
+    """Every object under the location's prefix into `dest` (a single object lands under its own name)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if location.presigned:
+        remotes = [
+            _Remote(o.key, o.size, o.etag, dest / safe_relpath(_relative(location.prefix, o.key)))
+            for o in location.objects
+        ]
+        return _download(_SignedSource(location, workers), remotes, workers, _serialized(on_bytes))
+    s3 = client(location, workers)
+    try:
+        remotes = list(_listing(s3, location, dest))
+    except Exception as exc:
+        raise _s3_failure("list", f"{location.bucket}/{location.prefix}", exc) from exc
+    return _download(_Source(s3, location.bucket), remotes, workers, _serialized(on_bytes))
+
+
+def _relative(prefix: str, key: str) -> str:
+    if key == prefix:
+        return key.rsplit("/", 1)[-1]
+    base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    return key[len(base) :]
+
+
+def download_object(location: S3Location, key: str, dest: Path, *, workers: int = DEFAULT_WORKERS) -> TransferStats:
+    """One object, by key, to the file `dest`."""
+    s3 = client(location, workers)
+    try:
+        stat = s3.stat_object(location.bucket, key)
+    except Exception as exc:
+        raise _s3_failure("read", f"{location.bucket}/{key}", exc) from exc
+    remote = _Remote(key, stat.size or 0, (stat.etag or "").strip('"'), dest)
+    return _download(_Source(s3, location.bucket), [remote], workers, lambda count: None)
+
+
+def _download(
+    source: _Source | _SignedSource, remotes: list[_Remote], workers: int, progress: Callable[[int], None]
+) -> TransferStats:
+    stats = TransferStats()
+    pending: list[_Remote] = []
+    for remote in remotes:
+        if remote.dest.is_file() and remote.dest.stat().st_size == remote.size and _matches(source, remote):
+            stats.add("skipped", remote.size)
+        else:
+            pending.append(remote)
+    small = [remote for remote in pending if remote.size <= PART_SIZE]
+    large = [remote for remote in pending if remote.size > PART_SIZE]
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="s3-get") as pool:
+        tasks: list[Future[None]] = [pool.submit(_fetch_whole, source, remote, progress) for remote in small]
+        # Each chunk is one PART_SIZE part: its MD5, taken as it streams, spares re-reading the file.
+        part_md5s: dict[Path, dict[int, bytes]] = {remote.dest: {} for remote in large}
+        for remote in large:
+            fetchers = _chunk_fetchers(source, remote, progress, part_md5s[remote.dest])
+            tasks.extend(pool.submit(fetch) for fetch in fetchers)
+        _run_all(pool, tasks)
+        finals = [pool.submit(_finish_download, source, remote, part_md5s[remote.dest]) for remote in large]
+        _run_all(pool, finals)
+    for remote in pending:
+        stats.add("copied", remote.size)
+    return stats
+
+
+def _fetch_whole(source: _Source | _SignedSource, remote: _Remote, progress: Callable[[int], None]) -> None:
+    """A single-part object: one GET, checked in memory, written under a temporary name, renamed."""
+    remote.dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = _EtagDigest()
+    chunks: list[bytes] = []
+    try:
+        if remote.size:
+            response = source.get(remote.key, 0, remote.size)
+            try:
+                for data in response.stream(_READ):
+                    digest.update(data)
+                    chunks.append(data)
+                    progress(len(data))
+            finally:
+                response.close()
+                response.release_conn()
+    except TransferError:
+        raise
+    except Exception as exc:
+        raise _s3_failure("download", f"{source.bucket}/{remote.key}", exc) from exc
+    single = digest.etag()
+    as_one_part = hashlib.md5(bytes.fromhex(single), usedforsecurity=False).hexdigest() + "-1"
+    temp = remote.dest.with_name(remote.dest.name + _PART_SUFFIX)
+    try:
+        with open(temp, "wb") as out:
+            out.writelines(chunks)
+        # Written in several smaller parts by another client: the slower checks, from the file.
+        if remote.etag not in (single, as_one_part) and not _matches(source, remote, temp):
+            raise TransferError(
+                f"verification failed for {source.bucket}/{remote.key}: content does not match its ETag"
+            )
+        os.replace(temp, remote.dest)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise TransferError(f"cannot write {remote.dest}: {exc.strerror or exc}") from exc
+    except TransferError:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _chunk_fetchers(
+    source: _Source | _SignedSource,
+    remote: _Remote,
+    progress: Callable[[int], None],
+    md5s: dict[int, bytes],
+) -> list[Callable[[], None]]:
+    """One task per missing chunk of `remote`, writing into its partial file."""
+    remote.dest.parent.mkdir(parents=True, exist_ok=True)
+    part = remote.dest.with_name(remote.dest.name + _PART_SUFFIX)
+    done_file = part.with_name(part.name + ".done")
+    done: set[int] = set()
+    if part.exists() and part.stat().st_size == remote.size and done_file.exists():
+        marker = f"{remote.etag} {remote.size}"
+        lines = done_file.read_text().split("\n")
+        if lines and lines[0] == marker:
+            done = {int(line) for line in lines[1:] if line.isdigit()}
+    if not done:
+        with open(part, "wb") as created:
+            created.truncate(remote.size)
+        done_file.write_text(f"{remote.etag} {remote.size}\n")
+    count = max(1, -(-remote.size // PART_SIZE))
+    lock = threading.Lock()
+
+    bucket = source.bucket
+
+    def fetcher(index: int) -> Callable[[], None]:
+        def fetch() -> None:
+            offset = index * PART_SIZE
+            length = min(PART_SIZE, remote.size - offset)
+            if length <= 0:
+                return
+            try:
+                response = source.get(remote.key, offset, length)
+                digest = hashlib.md5(usedforsecurity=False)
+                try:
+                    fd = os.open(part, os.O_WRONLY)
+                    try:
+                        position = offset
+                        for data in response.stream(_READ):
+                            os.pwrite(fd, data, position)
+                            digest.update(data)
+                            position += len(data)
+                            progress(len(data))
+                    finally:
+                        os.close(fd)
+                finally:
+                    response.close()
+                    response.release_conn()
+            except TransferError:
+                raise
+            except OSError as exc:
+                raise TransferError(f"cannot write {remote.dest}: {exc.strerror or exc}") from exc
+            except Exception as exc:
+                raise _s3_failure("download", f"{bucket}/{remote.key}", exc) from exc
+            if position - offset != length:
+                raise TransferError(f"{bucket}/{remote.key}: got {position - offset} bytes of {length} at {offset}")
+            with lock, open(done_file, "a") as record:
+                md5s[index] = digest.digest()
+                record.write(f"{index}\n")
+
+        return fetch
+
+    return [fetcher(index) for index in range(count) if index not in done]
+
+
+def _matches(source: _Source | _SignedSource, remote: _Remote, path: Path | None = None) -> bool:
+    """Whether the file (default: its destination) holds the object's bytes, by ETag or SHA-256."""
+    digest = _digest_file(path or remote.dest)
+    if digest.size != remote.size:
+        return False
+    if digest.etag() == remote.etag:
+        return True
+    if "-" in remote.etag:
+        # Uploaded in parts of another size: try the part sizes that give its part count.
+        parts = int(remote.etag.rsplit("-", 1)[1]) if remote.etag.rsplit("-", 1)[1].isdigit() else 0
+        for part_size in _part_sizes_for(remote.size, parts):
+            if part_size != PART_SIZE and _digest_file(path or remote.dest, part_size).etag() == remote.etag:
+                return True
+        # Else a SHA-256 the uploader attached (x-amz-meta-sha256), if any.
+        try:
+            sha = source.sha256(remote.key)
+        except Exception:  # noqa: BLE001 - metadata we cannot read proves nothing
+            return False
+        return bool(sha) and sha == _sha256_file(path or remote.dest)
+    return False
+
+
+def _streamed_etag(part: Path, size: int, md5s: dict[int, bytes]) -> str:
+    """The PART_SIZE multipart ETag from the chunks' streamed MD5s (chunks resumed from disk re-read)."""
+    count = max(1, -(-size // PART_SIZE))
+    digests = []
+    with open(part, "rb") as stream:
+        for index in range(count):
+            if index not in md5s:
+                stream.seek(index * PART_SIZE)
+                md5s[index] = hashlib.md5(stream.read(PART_SIZE), usedforsecurity=False).digest()
+            digests.append(md5s[index])
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{count}"
+
+
+def _finish_download(source: _Source | _SignedSource, remote: _Remote, md5s: dict[int, bytes]) -> None:
+    bucket = source.bucket
+    part = remote.dest.with_name(remote.dest.name + _PART_SUFFIX)
+    done_file = part.with_name(part.name + ".done")
+    verified = part.stat().st_size == remote.size and _streamed_etag(part, remote.size, md5s) == remote.etag
+    if not verified and not _matches(source, remote, part):
+        part.unlink(missing_ok=True)
+        done_file.unlink(missing_ok=True)
+        raise TransferError(f"verification failed for {bucket}/{remote.key}: content does not match its ETag")
+    os.replace(part, remote.dest)
+    done_file.unlink(missing_ok=True)
+
+
+# --- uploads --------------------------------------------------------------------------------
+
+
+def upload_tree(
+    src: Path,
+    location: S3Location,
+    relative_prefix: str = "",
+    *,
+    workers: int = DEFAULT_WORKERS,
+    on_bytes: Callable[[int], None] | None = None,
+) -> TransferStats:
+    """Every regular file under `src` to `<location prefix>/<relative_prefix>/<path>`, verified.
+
+    Files the store already holds with the same size and ETag are skipped.
+    """
+    if not src.is_dir():
+        raise TransferError(f"not a directory: {src}")
+    if location.presigned:
+        return _upload_signed(src, location, relative_prefix, workers, _serialized(on_bytes))
+    files: list[tuple[Path, str]] = []
+    for path in sorted(src.rglob("*")):
+        if path.is_symlink():
+            raise TransferError(f"refusing to transfer a symlink: {path}")
+        if path.is_file():
+            relative = path.relative_to(src).as_posix()
+            files.append((path, location.key(f"{relative_prefix.strip('/')}/{relative}".lstrip("/"))))
+    s3 = client(location, workers)
+    base = location.key(relative_prefix.strip("/"))
+    there: dict[str, tuple[int, str]] = {}
+    try:
+        for item in s3.list_objects(location.bucket, prefix=(base + "/") if base else None, recursive=True):
+            there[item.object_name or ""] = (item.size or 0, (item.etag or "").strip('"'))
+    except Exception as exc:
+        code = getattr(exc, "code", "")
+        if code != "NoSuchBucket":
+            raise _s3_failure("list", f"{location.bucket}/{base}", exc) from exc
+    progress = _serialized(on_bytes)
+    stats = TransferStats()
+    big = [(path, key) for path, key in files if path.stat().st_size > PART_SIZE]
+    small = [(path, key) for path, key in files if path.stat().st_size <= PART_SIZE]
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="s3-put") as pool:
+        futures = [
+            pool.submit(_put, s3, location.bucket, path, key, there.get(key), 1, progress) for path, key in small
+        ]
+        outcomes = _run_all(pool, futures)
+    # Large files one at a time, each with all workers on its parts.
+    outcomes += [_put(s3, location.bucket, path, key, there.get(key), workers, progress) for path, key in big]
+    for outcome, size in outcomes:
+        stats.add(outcome, size)
+    return stats
+
+
+def upload_file(path: Path, location: S3Location, key: str, *, workers: int = DEFAULT_WORKERS) -> TransferStats:
+    """One file to `key` (a full key), verified."""
+    stats = TransferStats()
+    if location.presigned:
+        stats.add(*_post(_post_pool(workers), location, path, key, lambda count: None))
+        return stats
+    stats.add(*_put(client(location, workers), location.bucket, path, key, None, workers, lambda count: None))
+    return stats
+
+
+def _put(
+    s3: Any,
+    bucket: str,
+    path: Path,
+    key: str,
+    there: tuple[int, str] | None,
+    parallel: int,
+    progress: Callable[[int], None],
+) -> tuple[Placed, int]:
+    try:
+        size = path.stat().st_size
+        # Hashed first only when the store may already hold it; else as minio reads it.
+        if there is not None and there[0] == size and _digest_file(path).etag() == there[1]:
+            return "skipped", size
+        digest = _EtagDigest()
+        with open(path, "rb") as stream:
+            result = s3.put_object(
+                bucket,
+                key,
+                _Counting(stream, progress, digest),
+                size,
+                part_size=PART_SIZE,
+                num_parallel_uploads=max(1, parallel),
+            )
+    except OSError as exc:
+        raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        raise _s3_failure("upload", f"{bucket}/{key}", exc) from exc
+    answered = (result.etag or "").strip('"')
+    if not answered:
+        # Some stores (Ceph RGW) answer a completed multipart upload without the ETag minio reads.
+        try:
+            answered = (s3.stat_object(bucket, key).etag or "").strip('"')
+        except Exception as exc:
+            raise _s3_failure("verify", f"{bucket}/{key}", exc) from exc
+    expected = digest.etag()
+    if answered != expected or digest.size != size:
+        raise TransferError(f"verification failed for {bucket}/{key}: the store holds ETag {answered}, not {expected}")
+    return "copied", size
+
+
+def _post_pool(workers: int) -> Any:
+    import urllib3
+
+    return urllib3.PoolManager(maxsize=max(10, workers * 2), timeout=urllib3.Timeout(connect=10, read=600))
+
+
+def _upload_signed(
+    src: Path, location: S3Location, relative_prefix: str, workers: int, progress: Callable[[int], None]
+) -> TransferStats:
+    """Uploads through the grant's POST policy: one request per file (no multipart; at most 5 GB each)."""
+    http = _post_pool(workers)
+    files = [p for p in sorted(src.rglob("*")) if p.is_file() and not p.is_symlink()]
+    stats = TransferStats()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="s3-post") as pool:
+        futures = [
+            pool.submit(
+                _post,
+                http,
+                location,
+                path,
+                location.key(f"{relative_prefix.strip('/')}/{path.relative_to(src).as_posix()}".lstrip("/")),
+                progress,
+            )
+            for path in files
+        ]
+        for outcome, size in _run_all(pool, futures):
+            stats.add(outcome, size)
+    return stats
+
+
+def _post(http: Any, location: S3Location, path: Path, key: str, progress: Callable[[int], None]) -> tuple[Placed, int]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    digest = _EtagDigest()
+    digest.update(data)
+    fields: dict[str, Any] = {**dict(location.post_fields), "key": key, "file": (path.name, data)}
+    response = http.request("POST", location.post_url, fields=fields, retries=3)
+    if response.status not in (200, 201, 204):
+        raise TransferError(f"cannot upload {location.bucket}/{key}: {response.status} {_error_code(response.data)}")
+    answered = (response.headers.get("ETag") or "").strip('"')
+    if answered and answered != digest.etag():
+        raise TransferError(f"verification failed for {location.bucket}/{key}: the store holds ETag {answered}")
+    progress(len(data))
+    return "copied", len(data)
+
+
+class _Counting:
+    """A file reader that reports and hashes the bytes read (minio reads parts through it, in order)."""
+
+    def __init__(self, stream: Any, progress: Callable[[int], None], digest: _EtagDigest):
+        self._stream = stream
+        self._progress = progress
+        self._digest = digest
+        self._lock = threading.Lock()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._lock:
+            data: bytes = self._stream.read(size)
+            self._digest.update(data)
+        self._progress(len(data))
+        return data

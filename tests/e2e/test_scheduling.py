@@ -1,0 +1,142 @@
+"""Scheduling through the real services: tier quotas across accounts, drain, max runtime, lost runners."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from dlaas.gateway.v1 import cluster_pb2, cluster_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from dlaas.types.v1 import run_pb2
+from tests.conftest import DatabaseFactory
+from tests.support import Platform, manifest, pack, start_gateway, start_platform, submit, transition_ms, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def four_gpus(sqlite_databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Platform]:
+    platform = await start_platform(sqlite_databases, tmp_path, virtual_gpus=4)
+    yield platform
+    await platform.stop()
+
+
+def interval(run: gateway_pb2.Run) -> tuple[int, int]:
+    end = next(t.time.ToMilliseconds() for t in reversed(run.status.transitions) if t.state in _TERMINAL)
+    return transition_ms(run, run_pb2.RUN_STATE_ASSIGNED), end
+
+
+_TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
+
+
+async def test_a_free_account_runs_one_at_a_time_while_another_runs_beside_it(
+    four_gpus: Platform, sqlite_databases: DatabaseFactory
+) -> None:
+    p = four_gpus
+    second = await start_gateway(
+        sqlite_databases, p.scheduler.address, p.storage.address, p.metering.address, account="second"
+    )
+    second_channel = grpc.aio.insecure_channel(second.address)
+    try:
+        sleep = manifest("python -c 'import time; time.sleep(0.6)'")
+        first_runs = [await submit(p.client, sleep) for _ in range(5)]
+        other = await submit(gateway_pb2_grpc.TrainingServiceStub(second_channel), sleep)
+
+        queue = await cluster_pb2_grpc.ClusterServiceStub(p.channel).ListQueue(cluster_pb2.ListQueueRequest())
+        assert [e.position for e in queue.entries] == list(range(1, len(queue.entries) + 1))
+        assert queue.entries and all(e.run.startswith("accounts/default/") for e in queue.entries)
+        assert "quota" in queue.entries[0].wait_reason
+
+        done = [await wait_for(p.client, r.name) for r in first_runs]
+        other_done = await wait_for(gateway_pb2_grpc.TrainingServiceStub(second_channel), other.name)
+    finally:
+        await second_channel.close()
+        await second.stop(0)
+    assert all(r.status.state == run_pb2.RUN_STATE_COMPLETED for r in [*done, other_done])
+    spans = sorted(interval(r) for r in done)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, "two runs of a free account held GPUs at once"
+    other_start, other_end = interval(other_done)
+    assert any(start < other_end and other_start < end for start, end in spans), "the other account waited"
+
+
+async def test_set_tier_lets_queued_runs_start_and_drain_stops_new_ones(four_gpus: Platform) -> None:
+    p = four_gpus
+    admin = cluster_pb2_grpc.AdminServiceStub(p.channel)
+    cluster = cluster_pb2_grpc.ClusterServiceStub(p.channel)
+    await admin.DrainNode(cluster_pb2.DrainNodeRequest(name="local"))
+    nodes = await cluster.ListNodes(cluster_pb2.ListNodesRequest())
+    assert [(n.name, n.gpu_count, n.schedulable) for n in nodes.nodes] == [("local", 4, False)]
+
+    runs = [await submit(p.client, manifest("python -c 'import time; time.sleep(30)'")) for _ in range(2)]
+    await asyncio.sleep(0.3)
+    queue = await cluster.ListQueue(cluster_pb2.ListQueueRequest())
+    assert "drained" in queue.entries[0].wait_reason
+
+    await admin.UndrainNode(cluster_pb2.UndrainNodeRequest(name="local"))
+    await wait_for(p.client, runs[0].name, {run_pb2.RUN_STATE_RUNNING})
+    second = await p.client.GetRun(gateway_pb2.GetRunRequest(name=runs[1].name))
+    assert second.status.state == run_pb2.RUN_STATE_QUEUED
+
+    tier = await admin.SetAccountTier(cluster_pb2.SetAccountTierRequest(account="accounts/default", tier="standard"))
+    assert tier.max_gpus == 8
+    await wait_for(p.client, runs[1].name, {run_pb2.RUN_STATE_RUNNING})
+    nodes = await cluster.ListNodes(cluster_pb2.ListNodesRequest())
+    assert nodes.nodes[0].gpus_in_use == 2
+    for run in runs:
+        await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=run.name))
+        assert (await wait_for(p.client, run.name)).status.state == run_pb2.RUN_STATE_CANCELLED
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.SetAccountTier(cluster_pb2.SetAccountTierRequest(account="accounts/default", tier="gold"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_run_past_its_max_runtime_fails_with_that_reason(four_gpus: Platform) -> None:
+    run = await submit(four_gpus.client, manifest("sleep 60", max_runtime="2s"))
+    done = await wait_for(four_gpus.client, run.name, timeout=30)
+    assert done.status.state == run_pb2.RUN_STATE_FAILED
+    assert done.status.termination_reason == run_pb2.TERMINATION_REASON_MAX_RUNTIME
+    elapsed = transition_ms(done, run_pb2.RUN_STATE_FAILED) - transition_ms(done, run_pb2.RUN_STATE_ASSIGNED)
+    assert 2000 <= elapsed < 15000
+
+
+async def test_a_lost_runner_requeues_the_run_which_then_completes_once(four_gpus: Platform) -> None:
+    p = four_gpus
+    script = "import os, time, pathlib\nmarker = pathlib.Path(os.environ['JOB_STATE_DIR']).parent / 'first'\n"
+    script += "if not marker.exists():\n    marker.write_text('x')\n    time.sleep(60)\nprint('second attempt')\n"
+    code_dir_run = await submit(
+        p.client,
+        manifest("python work.py"),
+        pack({"work.py": script}),
+    )
+    await wait_for(p.client, code_dir_run.name, {run_pb2.RUN_STATE_RUNNING})
+    run_id = code_dir_run.name.rsplit("/", 1)[-1]
+    job = p.jobs_dir / "default" / f"{run_id}-a1"
+    for _ in range(200):  # the command marks its first attempt before sleeping
+        if (job.parent / "first").exists():
+            break
+        await asyncio.sleep(0.05)
+    pid = int((job / "runner.pid").read_text())
+    state = json.loads((job / "state.json").read_text())
+    os.killpg(state["command_pgid"], signal.SIGKILL)  # the node is "lost": runner and command die at once
+    os.kill(pid, signal.SIGKILL)
+
+    done = await wait_for(p.client, code_dir_run.name, timeout=60)
+    assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status
+    assert done.status.attempt == 2
+    states = [t.state for t in done.status.transitions]
+    assert states.count(run_pb2.RUN_STATE_ASSIGNED) == 2 and states.count(run_pb2.RUN_STATE_COMPLETED) == 1
+    for _ in range(100):
+        usage = await p.client.ListUsageRecords(gateway_pb2.ListUsageRecordsRequest(run=code_dir_run.name))
+        if len(usage.usage_records) == 2 and not any(r.accruing for r in usage.usage_records):
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(r.attempt for r in usage.usage_records) == [1, 2]
