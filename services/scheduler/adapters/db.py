@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -56,6 +57,7 @@ runs = Table(
     Column("grant_name", String(200), nullable=True),
     Column("trace_carrier", Text, nullable=False, default="{}"),
     Column("cancel_requested", Boolean, nullable=False, default=False),
+    Index("ix_scheduler_runs_account_state", "account", "state"),
 )
 
 transitions = Table(

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dlaas.metering.v1 import metering_pb2
@@ -28,6 +29,7 @@ from dlaas.runner.config import RunnerConfig
 from dlaas.scheduler.v1 import scheduler_pb2
 from dlaas.types.v1 import run_pb2
 from services.common.errors import (
+    Aborted,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -155,17 +157,25 @@ class Scheduler:
             priority=spec.priority,
             max_runtime_s=runtime_s,
         )
-        async with self._lock, self.engine.begin() as conn:
-            existing = await self.repo.get(conn, run.name)
-            if existing is not None:
-                return existing  # a retry of the same submission
-            if await self.repo.count_queued(conn, account) >= limits.max_queued_runs:
-                raise ResourceExhausted(
-                    f"the account's tier allows {limits.max_queued_runs} queued runs; wait for some to start",
-                    reason="QUEUE_FULL",
-                )
-            await self.cluster.set_tier(conn, account, tier, only_if_new=True)
-            await self.repo.insert(conn, row, row.created_ms)
+        # No lifecycle lock: an arrival only inserts, and the decision round it wakes reads it after commit.
+        for _ in range(3):
+            try:
+                async with self.engine.begin() as conn:
+                    existing = await self.repo.get(conn, run.name)
+                    if existing is not None:
+                        return existing  # a retry of the same submission
+                    if await self.repo.count_queued(conn, account) >= limits.max_queued_runs:
+                        raise ResourceExhausted(
+                            f"the account's tier allows {limits.max_queued_runs} queued runs; wait for some to start",
+                            reason="QUEUE_FULL",
+                        )
+                    await self.cluster.set_tier(conn, account, tier, only_if_new=True)
+                    await self.repo.insert(conn, row, row.created_ms)
+                break
+            except IntegrityError:
+                continue  # a concurrent insert (this run, or the account's first tier row): look again
+        else:
+            raise Aborted(f"{run.name} could not be queued under concurrent submissions; retry it")
         row.transitions = [(QUEUED, row.created_ms)]
         log.info("queued %s (%d GPU)", run.name, row.gpus)
         self._wake.set()

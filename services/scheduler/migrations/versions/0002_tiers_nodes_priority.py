@@ -20,6 +20,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("priority", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("max_runtime_s", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("assigned_ms", sa.BigInteger(), nullable=True))
+    # Queue lengths per account are counted at every submission.
+    op.create_index("ix_scheduler_runs_account_state", "scheduler_runs", ["account", "state"])
     op.create_table(
         "scheduler_accounts",
         sa.Column("account", sa.String(length=64), nullable=False),
@@ -37,6 +39,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("scheduler_drained_nodes")
     op.drop_table("scheduler_accounts")
+    op.drop_index("ix_scheduler_runs_account_state", table_name="scheduler_runs")
     with op.batch_alter_table("scheduler_runs", schema=None) as batch_op:
         batch_op.drop_column("assigned_ms")
         batch_op.drop_column("max_runtime_s")
