@@ -7,7 +7,7 @@ PROTO_PACKAGES := types gateway scheduler storage metering
 PROTOS := $(wildcard protos/dlaas/*/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-staging bench-metering
+.PHONY: install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-submit bench-overhead bench-staging bench-metering
 
 install: $(STAMP) proto
 
@@ -59,6 +59,12 @@ bench-scheduler: install
 bench-dispatch: install
 	$(PY) -m bench.dispatch
 
+bench-submit: install
+	$(PY) -m bench.submit
+
+bench-overhead: install
+	$(PY) -m bench.overhead
+
 # Ceph RGW packages needed (see docs/storage.md); BENCH_STAGING_MB=1024 for the issue's full 1 GB.
 bench-staging: install
 	$(PY) -m bench.staging
@@ -66,6 +72,9 @@ bench-staging: install
 # 100,000 usage events (10 % redeliveries) through the real metering server on SQLite.
 bench-metering: install
 	$(PY) -m bench.metering
+
+# Every benchmark, one after the other; each prints its figures as its last line.
+bench: bench-scheduler bench-dispatch bench-submit bench-overhead bench-metering bench-staging
 
 clean:
 	rm -rf $(addprefix dlaas/,$(PROTO_PACKAGES)) .dlaas .pytest_cache .mypy_cache .ruff_cache

@@ -89,7 +89,10 @@ def main() -> None:
     finally:
         platform.down(home)
     p50 = statistics.median
-    p90 = lambda xs: statistics.quantiles(xs, n=10)[8]  # noqa: E731
+
+    def p90(values: list[float]) -> float:
+        return statistics.quantiles(values, n=10)[8]
+
     print(f"pairs={args.pairs} home={home}")
     print(
         f"free_to_start_p50_ms={p50(free_to_start):.0f} free_to_start_p90_ms={p90(free_to_start):.0f} "

@@ -51,13 +51,15 @@ def event(run: int, kind: int, time_ms: int, gpus: int) -> metering_pb2.UsageEve
     return result
 
 
-def workload(total: int, duplicate_share: float, seed: int) -> tuple[list[metering_pb2.UsageEvent], dict[str, tuple]]:
+def workload(
+    total: int, duplicate_share: float, seed: int
+) -> tuple[list[metering_pb2.UsageEvent], dict[str, tuple[int, int | None, int]]]:
     """The event stream, and what each run's record must be: (start, end, gpus) of its first deliveries."""
     rng = random.Random(seed)
     duplicates = int(total * duplicate_share)
     runs = (total - duplicates) // 2
     unique: list[metering_pb2.UsageEvent] = []
-    expected: dict[str, tuple] = {}
+    expected: dict[str, tuple[int, int | None, int]] = {}
     lag = 100  # a run closes about 100 events after it opened
     for step in range(runs + lag):
         if step < runs:
@@ -122,9 +124,9 @@ async def send(address: str, events: list[metering_pb2.UsageEvent], batch: int) 
         return time.perf_counter() - started, applied, duplicates
 
 
-async def ledger(address: str) -> dict[str, tuple]:
+async def ledger(address: str) -> dict[str, tuple[int, int | None, int]]:
     """Every usage record of the account, as (start, end, gpus)."""
-    records: dict[str, tuple] = {}
+    records: dict[str, tuple[int, int | None, int]] = {}
     async with grpc.aio.insecure_channel(address) as channel:
         stub = metering_pb2_grpc.MeteringServiceStub(channel)
         token = ""

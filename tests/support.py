@@ -32,7 +32,7 @@ from services.common.server import Service
 from services.metering.app import build_server as build_metering
 from services.metering.settings import MeteringSettings
 from services.scheduler.app import build_server as build_scheduler
-from services.scheduler.settings import SchedulerSettings
+from services.scheduler.settings import DEFAULT_TIERS, SchedulerSettings, Tier
 from services.storage.app import build_server as build_storage
 from services.storage.settings import StorageSettings
 
@@ -69,7 +69,9 @@ class Platform:
             await service.stop(0)
 
 
-async def start_platform(databases: Any, root: Path, *, virtual_gpus: int = 2) -> Platform:
+async def start_platform(
+    databases: Any, root: Path, *, virtual_gpus: int = 2, tiers: dict[str, Tier] | None = None
+) -> Platform:
     objects_dir, jobs_dir = root / "objects", root / "jobs"
     metering = await build_metering(MeteringSettings(database_url=databases.url("metering")))
     await metering.start()
@@ -83,6 +85,7 @@ async def start_platform(databases: Any, root: Path, *, virtual_gpus: int = 2) -
             jobs_dir=str(jobs_dir),
             gpu_discovery="virtual",
             virtual_gpus=virtual_gpus,
+            tiers=tiers or dict(DEFAULT_TIERS),
         )
     )
     await scheduler.start()

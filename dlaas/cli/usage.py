@@ -15,7 +15,7 @@ OUTPUT_FORMATS = click.option(
     type=click.Choice(["table", "json", "csv"]),
     default="table",
     show_default=True,
-    help="Output format: a table for people, json or csv for scripts.",
+    help="A table for people; json or csv (exact milliseconds and micro-units) for scripts.",
 )
 _GROUPINGS = {"run": "USAGE_GROUPING_RUN", "gpu-type": "USAGE_GROUPING_GPU_TYPE", "day": "USAGE_GROUPING_DAY"}
 
@@ -34,20 +34,18 @@ def _billing() -> Any:
     return billing_pb2_grpc.BillingServiceStub(channel())
 
 
-def _emit(output: str, headers: Sequence[str], rows: Sequence[Sequence[object]], footer: str) -> None:
-    """A table (and its footer line) for people, or the rows as CSV for scripts."""
-    if output == "csv":
-        import csv
-        import sys
+def _csv(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Rows for scripts: exact integers (milliseconds, micro-units), ISO times, true/false."""
+    import csv
+    import sys
 
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow([h.lower().replace(" ", "_").replace("-", "_") for h in headers])
-        writer.writerows(rows)
-        return
-    from dlaas.cli import render
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows([[str(v).lower() if isinstance(v, bool) else v for v in row] for row in rows])
 
-    render.table(headers, rows)
-    click.echo(footer)
+
+def _iso(ts: Any, present: bool = True) -> str:
+    return ts.ToJsonString() if present else ""
 
 
 @cli.command()
@@ -103,6 +101,24 @@ def _records(run: str, output: str) -> None:
             }
         )
         return
+    if output == "csv":
+        _csv(
+            ["run", "attempt", "gpus", "gpu_type", "start_time", "end_time", "gpu_milliseconds", "accruing"],
+            [
+                [
+                    r.run,
+                    r.attempt,
+                    r.gpus,
+                    r.gpu_type,
+                    _iso(r.start_time),
+                    _iso(r.end_time, r.HasField("end_time")),
+                    r.gpu_milliseconds,
+                    r.accruing,
+                ]
+                for r in records
+            ],
+        )
+        return
     headers = ["RUN", "ATTEMPT", "GPUS", "GPU TYPE", "ASSIGNED", "UPLOAD FINISHED", "GPU-SECONDS"]
     rows = [
         [
@@ -116,7 +132,8 @@ def _records(run: str, output: str) -> None:
         ]
         for r in records
     ]
-    _emit(output, headers, rows, f"total GPU-seconds: {render.seconds(response.total_gpu_milliseconds)}")
+    render.table(headers, rows)
+    click.echo(f"total GPU-seconds: {render.seconds(response.total_gpu_milliseconds)}")
 
 
 def _summary(period: str, group_by: str, run: str, output: str) -> None:
@@ -152,6 +169,22 @@ def _summary(period: str, group_by: str, run: str, output: str) -> None:
         whole.groups.extend(groups)
         render.emit_json(whole)
         return
+    if output == "csv":
+        _csv(
+            [group_by.replace("-", "_"), "attempts", "gpu_milliseconds", "amount_micros", "currency", "accruing"],
+            [
+                [
+                    g.key,
+                    g.attempt_count,
+                    g.gpu_milliseconds,
+                    g.amount_micros,
+                    response.currency_code,
+                    str(g.accruing).lower(),
+                ]
+                for g in groups
+            ],
+        )
+        return
     key_header = {"run": "RUN", "gpu-type": "GPU TYPE", "day": "DAY"}[group_by]
     headers = [key_header, "ATTEMPTS", "GPU-SECONDS", f"AMOUNT ({response.currency_code})", "ACCRUING"]
     rows = [
@@ -168,7 +201,8 @@ def _summary(period: str, group_by: str, run: str, output: str) -> None:
         f"{response.period}: {render.seconds(response.total_gpu_milliseconds)} GPU-seconds, "
         f"{money(response.total_amount_micros)} {response.currency_code}"
     )
-    _emit(output, headers, rows, footer)
+    render.table(headers, rows)
+    click.echo(footer)
 
 
 @cli.command()
@@ -192,13 +226,40 @@ def invoice(period: str, output: str) -> None:
     if output == "json":
         render.emit_json(bill)
         return
+    if output == "csv":
+        _csv(
+            [
+                "run",
+                "gpu_type",
+                "attempts",
+                "gpu_milliseconds",
+                "unit_price_micros",
+                "amount_micros",
+                "currency",
+                "accruing",
+            ],
+            [
+                [
+                    line.run,
+                    line.gpu_type,
+                    line.attempt_count,
+                    line.gpu_milliseconds,
+                    line.unit_price_micros,
+                    line.amount_micros,
+                    bill.currency_code,
+                    line.accruing,
+                ]
+                for line in bill.lines
+            ],
+        )
+        return
     headers = ["RUN", "GPU TYPE", "ATTEMPTS", "GPU-SECONDS", "PRICE PER GPU-HOUR", f"AMOUNT ({bill.currency_code})"]
     rows = [
         [
             line.run.rsplit("/", 1)[-1],
             line.gpu_type,
             line.attempt_count,
-            render.seconds(line.gpu_milliseconds) + (" (accruing)" if line.accruing and output == "table" else ""),
+            render.seconds(line.gpu_milliseconds) + (" (accruing)" if line.accruing else ""),
             "varied" if line.amount_micros and not line.unit_price_micros else money(line.unit_price_micros),
             money(line.amount_micros),
         ]
@@ -209,4 +270,5 @@ def invoice(period: str, output: str) -> None:
         f"invoice {bill.period} ({status}): {render.seconds(bill.total_gpu_milliseconds)} GPU-seconds, "
         f"total {money(bill.total_amount_micros)} {bill.currency_code}"
     )
-    _emit(output, headers, rows, footer)
+    render.table(headers, rows)
+    click.echo(footer)

@@ -18,10 +18,12 @@ class Tier(BaseModel):
     weight: float = Field(default=1.0, gt=0, description="fair-share weight across accounts")
     allowed_gpu_types: list[str] = Field(default_factory=list, description="GPU types its runs may use; empty: any")
     max_runtime_s: int = Field(default=86_400, gt=0)
+    # GPU-hours its runs may use per calendar month (UTC); None: no allowance, pay as you go.
+    monthly_gpu_hours: float | None = Field(default=None, ge=0)
 
 
 DEFAULT_TIERS = {
-    "free": Tier(max_gpus=1, max_queued_runs=100, weight=1.0, max_runtime_s=4 * 3600),
+    "free": Tier(max_gpus=1, max_queued_runs=100, weight=1.0, max_runtime_s=4 * 3600, monthly_gpu_hours=50),
     "standard": Tier(max_gpus=8, max_queued_runs=1000, weight=2.0),
     "premium": Tier(max_gpus=64, max_queued_runs=10_000, weight=4.0, max_runtime_s=7 * 86_400),
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import os
 import sys
@@ -137,13 +139,25 @@ async def test_every_way_a_run_ends_is_billed_exactly_and_shows_in_the_cli(platf
         assert int(by_run["total_gpu_milliseconds"]) == total
         # The 0-GPU run holds no GPU and is billed nothing: no group of its own.
         assert len(by_run["groups"]) == 3
-    csv_lines = (await dlaas(platform, "usage", "--period", period, "--by", "gpu-type", "-o", "csv")).splitlines()
-    assert csv_lines[0] == "gpu_type,attempts,gpu_seconds,amount_(usd),accruing"
-    assert csv_lines[1].startswith("virtual,3,")
+    by_type = list(
+        csv.DictReader(io.StringIO(await dlaas(platform, "usage", "--period", period, "--by", "gpu-type", "-o", "csv")))
+    )
+    assert [(row["gpu_type"], row["attempts"], row["currency"]) for row in by_type] == [("virtual", "3", "USD")]
     invoice = json.loads(await dlaas(platform, "invoice", period, "-o", "json"))
     assert invoice["name"] == f"accounts/default/invoices/{period}"
     assert int(invoice["total_amount_micros"]) == sum(int(line["amount_micros"]) for line in invoice["lines"])
     table = await dlaas(platform, "invoice", period)
     assert f"invoice {period} (draft" in table
+    lines = list(csv.DictReader(io.StringIO(await dlaas(platform, "invoice", period, "-o", "csv"))))
+    assert {row["run"] for row in lines} == {run.name for run in runs if run.spec.resources.gpus}
+    assert sum(int(row["amount_micros"]) for row in lines) == int(invoice["total_amount_micros"])
     records = await dlaas(platform, "usage", "--run", runs[0].name.rsplit("/", 1)[-1], "-o", "csv")
-    assert records.splitlines()[0] == "run,attempt,gpus,gpu_type,assigned,upload_finished,gpu_seconds"
+    [record] = list(csv.DictReader(io.StringIO(records)))
+    billed = await closed_usage_records(
+        platform.client, await platform.client.GetRun(gateway_pb2.GetRunRequest(name=runs[0].name))
+    )
+    assert (record["run"], int(record["gpu_milliseconds"]), record["accruing"]) == (
+        runs[0].name,
+        billed[0].gpu_milliseconds,
+        "false",
+    )

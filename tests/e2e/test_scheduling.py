@@ -15,6 +15,7 @@ import pytest
 
 from dlaas.gateway.v1 import cluster_pb2, cluster_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from dlaas.types.v1 import run_pb2
+from services.scheduler.settings import Tier
 from tests.conftest import DatabaseFactory
 from tests.support import Platform, manifest, pack, start_gateway, start_platform, submit, transition_ms, wait_for
 
@@ -140,3 +141,29 @@ async def test_a_lost_runner_requeues_the_run_which_then_completes_once(four_gpu
             break
         await asyncio.sleep(0.05)
     assert sorted(r.attempt for r in usage.usage_records) == [1, 2]
+
+
+async def test_the_monthly_allowance_holds_runs_that_would_exceed_it_and_refuses_when_used_up(
+    sqlite_databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    # 0.002 GPU-hours = 7.2 GPU-seconds a month.
+    tiers = {"free": Tier(max_gpus=1, monthly_gpu_hours=0.002), "standard": Tier(max_gpus=8, monthly_gpu_hours=0)}
+    p = await start_platform(sqlite_databases, tmp_path, virtual_gpus=2, tiers=tiers)
+    try:
+        fits = await submit(p.client, manifest("python -c 'import time; time.sleep(1)'", max_runtime="5s"))
+        too_long = await submit(p.client, manifest("true", max_runtime="1h"))
+        done = await wait_for(p.client, fits.name)
+        assert done.status.state == run_pb2.RUN_STATE_COMPLETED
+        waiting = await p.client.GetRun(gateway_pb2.GetRunRequest(name=too_long.name))
+        assert waiting.status.state == run_pb2.RUN_STATE_QUEUED
+        assert waiting.status.wait_reason.startswith("allowance:"), waiting.status.wait_reason
+
+        admin = cluster_pb2_grpc.AdminServiceStub(p.channel)
+        await admin.SetAccountTier(cluster_pb2.SetAccountTierRequest(account="accounts/default", tier="standard"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await submit(p.client, manifest("true"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "used up" in (caught.value.details() or "")
+        await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=too_long.name))
+    finally:
+        await p.stop()

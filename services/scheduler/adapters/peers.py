@@ -44,5 +44,9 @@ class Peers:
     async def revoke(self, grant_name: str) -> None:
         await self.storage.RevokeGrant(storage_pb2.RevokeGrantRequest(name=grant_name), timeout=10)
 
+    async def monthly_usage(self, account: str) -> metering_pb2.MonthlyUsage:
+        request = metering_pb2.GetMonthlyUsageRequest(account=f"accounts/{account}")
+        return await self.metering.GetMonthlyUsage(request, timeout=2)
+
     async def record(self, events: list[metering_pb2.UsageEvent]) -> metering_pb2.RecordUsageEventsResponse:
         return await self.metering.RecordUsageEvents(metering_pb2.RecordUsageEventsRequest(events=events), timeout=10)

@@ -303,3 +303,30 @@ def _reserve(
 
 
 __all__ = ["FreeGpus", "decide", "never_fits"]
+
+
+def within_allowance(
+    queued: Sequence[QueuedRun], remaining_ms: Mapping[str, int], hours: Mapping[str, float]
+) -> tuple[list[QueuedRun], dict[str, str]]:
+    """The runs whose GPUs × max runtime still fit their account's monthly allowance, in queue order.
+
+    Returns those runs, and for the others why they wait. Accounts without an allowance pass.
+    """
+    left = dict(remaining_ms)
+    allowed: list[QueuedRun] = []
+    reasons: dict[str, str] = {}
+    for run in sorted(queued, key=lambda r: (-r.priority, r.created_ms, r.name)):
+        if run.account not in left:
+            allowed.append(run)
+            continue
+        need = run.total_gpus * run.max_runtime_ms
+        if need <= left[run.account]:
+            left[run.account] -= need
+            allowed.append(run)
+        else:
+            reasons[run.name] = (
+                f"allowance: the tier's {hours[run.account]:g} GPU-hours this month leave "
+                f"{max(left[run.account], 0) / 3_600_000:.2f}; the run may need "
+                f"{need / 3_600_000:.2f} (GPUs × max runtime): lower its max_runtime or wait for next month"
+            )
+    return allowed, reasons

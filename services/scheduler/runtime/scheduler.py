@@ -16,6 +16,7 @@ import secrets
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -50,6 +51,7 @@ from services.scheduler.domain.model import (
     QUEUED,
     TERMINAL,
     Allocation,
+    Decisions,
     LiveRun,
     Node,
     QueuedRun,
@@ -58,7 +60,7 @@ from services.scheduler.domain.model import (
     may_advance,
     state_name,
 )
-from services.scheduler.domain.placement import decide, never_fits
+from services.scheduler.domain.placement import decide, never_fits, within_allowance
 from services.scheduler.settings import SchedulerSettings, Tier
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,27 @@ def _hash_token(token: str) -> str:
 
 def _account_of(name: str) -> str:
     return name.split("/")[1]
+
+
+def _month_start_ms(now: int) -> int:
+    moment = datetime.fromtimestamp(now / 1000, UTC)
+    return int(datetime(moment.year, moment.month, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def _positions(candidates: list[QueuedRun], decisions: Decisions, held: dict[str, str]) -> dict[str, Waiting]:
+    """Why each run still queued waits, numbered within its account's queue (runs over allowance included)."""
+    started = {a.run for a in decisions.assignments}
+    waiting: dict[str, Waiting] = {}
+    position: dict[str, int] = defaultdict(int)
+    for run in sorted(candidates, key=lambda r: (-r.priority, r.created_ms, r.name)):
+        if run.name in started:
+            continue
+        position[run.account] += 1
+        decided = decisions.waiting.get(run.name)
+        reason = held.get(run.name) or (decided.reason if decided else "")
+        estimate = decided.estimated_start_ms if decided else 0
+        waiting[run.name] = Waiting(position[run.account], reason, estimate)
+    return waiting
 
 
 def _stopped_by_deadline(run: RunRow, state: int, reason: int) -> tuple[int, int]:
@@ -141,6 +164,16 @@ class Scheduler:
         why = never_fits(candidate, self._limits(limits), self.nodes)
         if why:
             raise FailedPrecondition(f"the run can never start: {why}", reason="RUN_NEVER_FITS")
+        if limits.monthly_gpu_hours is not None and candidate.total_gpus > 0:
+            async with self.engine.connect() as conn:
+                live = [r for r in await self.repo.in_states(conn, LIVE) if r.account == account]
+            left = await self._allowance_left({account: limits.monthly_gpu_hours}, live, now_ms())
+            if left.get(account, 1) <= 0:
+                raise FailedPrecondition(
+                    f"the tier's {limits.monthly_gpu_hours:g} GPU-hours for this month are used up; "
+                    "runs with GPUs can start again next month, or on another tier",
+                    reason="ALLOWANCE_EXHAUSTED",
+                )
         row = RunRow(
             name=run.name,
             account=account,
@@ -439,20 +472,28 @@ class Scheduler:
             tiers = self.settings.tiers
             limits = {r.account: self._limits(tiers[account_tiers.get(r.account, r.tier)]) for r in [*queued, *live]}
             now = now_ms()
+            candidates = [
+                QueuedRun(
+                    r.name,
+                    r.account,
+                    r.gpus,
+                    r.gpu_type_wanted,
+                    r.created_ms,
+                    r.learners,
+                    r.priority,
+                    r.max_runtime_s * 1000,
+                )
+                for r in queued
+            ]
+            hours = {
+                r.account: tier.monthly_gpu_hours
+                for r in queued
+                if (tier := tiers[account_tiers.get(r.account, r.tier)]).monthly_gpu_hours is not None
+            }
+            remaining = await self._allowance_left(hours, live, now)
+            allowed, over_allowance = within_allowance(candidates, remaining, hours)
             decisions = decide(
-                [
-                    QueuedRun(
-                        r.name,
-                        r.account,
-                        r.gpus,
-                        r.gpu_type_wanted,
-                        r.created_ms,
-                        r.learners,
-                        r.priority,
-                        r.max_runtime_s * 1000,
-                    )
-                    for r in queued
-                ],
+                allowed,
                 [
                     LiveRun(
                         r.name,
@@ -466,7 +507,7 @@ class Scheduler:
                 limits,
                 now_ms=now,
             )
-            self._waiting = decisions.waiting
+            self._waiting = _positions(candidates, decisions, over_allowance)
             by_name = {r.name: r for r in queued}
             async with self.engine.begin() as conn:
                 for assignment in decisions.assignments:
@@ -492,6 +533,28 @@ class Scheduler:
             with bound_run(run.name):
                 log.info("assigned %s to %s GPUs %s", run.name, run.node, run.gpu_indices)
             self._spawn(self._launch(run, token))
+
+    async def _allowance_left(self, hours: dict[str, float], live: list[RunRow], now: int) -> dict[str, int]:
+        """GPU-milliseconds each account with a monthly allowance has left this month.
+
+        Closed intervals come from metering; the account's running runs are counted here, from the
+        scheduler's own records. If metering does not answer, the account is let through (logged).
+        """
+        month_start = _month_start_ms(now)
+        left: dict[str, int] = {}
+        for account, allowance_hours in hours.items():
+            try:
+                usage = await self.peers.monthly_usage(account)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("metering did not answer (%s): %s's allowance not checked", exc.code().name, account)
+                continue
+            running = sum(
+                len(r.gpu_indices) * (now - max(r.assigned_ms or now, month_start))
+                for r in live
+                if r.account == account
+            )
+            left[account] = int(allowance_hours * 3_600_000) - usage.closed_gpu_milliseconds - running
+        return left
 
     # ---- max runtime ---------------------------------------------------------------------
 
