@@ -51,7 +51,9 @@ def create_engine(url: str) -> AsyncEngine:
         database = make_url(full).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(full)
+        # SQLite has one writer at a time: one connection, whose callers queue in asyncio, beats several
+        # connections that collide on the file lock and sleep in SQLite's busy handler.
+        engine = create_async_engine(full, pool_size=1, max_overflow=0, pool_timeout=60)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(full, pool_size=10, max_overflow=20, pool_pre_ping=True)
