@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=int(os.environ.get("BENCH_STAGING_MB", "256")))
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=transfer_s3.DEFAULT_WORKERS)
-    parser.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_STAGING_REPEAT", "2")))
+    parser.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_STAGING_REPEAT", "3")))
     args = parser.parse_args()
     total = args.mb * MIB
     os.environ.setdefault("DLAAS_RGW_MEMSTORE_BYTES", str(max(4 << 30, 6 * total)))

@@ -11,7 +11,6 @@ import psycopg
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.s3 import S3Server, s3_server_or_skip
 from tests.support import SPANS, Platform, start_platform
 
 POSTGRES_ADMIN_URL = os.environ.get("DLAAS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -84,6 +83,8 @@ async def platform(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """Ceph RGW on 127.0.0.1 (tests/s3.py), once per session. In CI its absence fails the tests."""
+def s3_server() -> Iterator[object]:
+    """Ceph RGW on 127.0.0.1 (tests/s3.py: an S3Server), once per session. In CI its absence fails the tests."""
+    from tests.s3 import s3_server_or_skip
+
     yield from s3_server_or_skip()

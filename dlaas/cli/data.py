@@ -10,12 +10,20 @@ import click
 
 from dlaas.cli.app import OUTPUT, cli
 
+_S3_NOT_YET = (
+    "this location is on an S3 connection: `dlaas data` and `dlaas download` reach the platform's own store "
+    "only for now; use the store's own tools (runs read and write it themselves)"
+)
+
 
 def transfer_tree(source: Path, target: Path, label: str) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     from dlaas import transfer
 
+    if label.startswith("download") and not source.is_absolute():
+        # A grant on the local store is an absolute path; anything else is a grant on an S3 connection.
+        raise click.ClickException(_S3_NOT_YET)
     if not source.is_dir():
         raise click.ClickException(f"nothing to {label}: {source} does not exist")
     total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
@@ -60,6 +68,8 @@ def data_upload(directory: Path, dest: str) -> None:
         )
     except grpc.RpcError as exc:
         fail(exc)
+    if not grant.HasField("local"):
+        raise click.ClickException(_S3_NOT_YET)
     transfer_tree(directory, Path(grant.local.path), f"upload to {dest}")
 
 

@@ -128,6 +128,10 @@ async def test_run_with_data_and_results_on_rgw_completes(platform: Platform, s3
     assert "trained on 1001 rows" in log and "staged 2 files" in log
     # The run's grant ended with it: its role is gone from the store.
     assert await _eventually(lambda: set(s3_server.grant_roles()) <= roles_before)
+    # `dlaas download` reaches the platform store only: it says so instead of copying anything.
+    code, out = await cli(platform, "download", run_id, "--to", str(platform.jobs_dir.parent / "dl"))
+    assert code == 1 and "S3 connection" in out
+    assert not (platform.jobs_dir.parent / "dl").exists()
 
 
 @pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
@@ -181,18 +185,9 @@ async def test_cancelled_runs_grant_stops_working(platform: Platform, s3_server:
 @pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
 async def test_connections_cli_adds_lists_and_removes_without_showing_the_secret(platform: Platform) -> None:
     secret = "cli-SECRET-" + uuid.uuid4().hex
-    env = {**os.environ, "DLAAS_ENDPOINT": platform.gateway.address, "THE_SECRET": secret}
 
     async def dlaas(*args: str) -> tuple[int, str]:
-        process = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "dlaas"),
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await process.communicate()
-        return process.returncode or 0, out.decode()
+        return await cli(platform, *args, env={"THE_SECRET": secret})
 
     added = await dlaas(
         "connections", "add", "my-store", "--endpoint", "http://127.0.0.1:9", "--access-key", "AKIAEXAMPLE1234",
@@ -226,6 +221,19 @@ async def test_run_on_an_unknown_connection_fails_with_the_reason(platform: Plat
 
     assert done.status.state == run_pb2.RUN_STATE_FAILED
     assert "connection missing is not registered" in done.status.message
+
+
+async def cli(platform: Platform, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Runs `dlaas ARGS` against the platform's gateway: (exit code, output)."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "dlaas"),
+        *args,
+        env={**os.environ, "DLAAS_ENDPOINT": platform.gateway.address, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate()
+    return process.returncode or 0, out.decode()
 
 
 def _denied(action: object) -> bool:
