@@ -392,3 +392,15 @@ def test_command_stop_kills_a_command_that_ignores_sigterm(tmp_path: Path) -> No
 def test_exit_code_of_a_signalled_process() -> None:
     assert exit_code_of(-signal.SIGTERM) == 143
     assert exit_code_of(0) == 0 and exit_code_of(7) == 7
+
+
+def test_a_standby_runner_ends_quietly_when_its_scheduler_goes_away(tmp_path: Path) -> None:
+    # The local backend keeps one runner warm, waiting on stdin; EOF means the scheduler is gone.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dlaas.runner", "--standby"], input=b"", capture_output=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.iterdir())

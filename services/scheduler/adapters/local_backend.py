@@ -29,6 +29,8 @@ class LocalBackend:
         self.jobs_dir = jobs_dir.resolve()
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._standby: asyncio.subprocess.Process | None = None
+        self._standby_task: asyncio.Future[None] | None = None
 
     def job_dir(self, run: str, attempt: int) -> Path:
         # accounts/{account}/runs/{run} → JOBS/{account}/{run}-a{attempt}
@@ -39,26 +41,65 @@ class LocalBackend:
         job_dir = launch.job_dir
         job_dir.mkdir(parents=True, exist_ok=True)
         config_path = launch.write(job_dir / "runner.json")
-        runner_log = open(job_dir / "runner.log", "ab")  # noqa: SIM115 - handed to the child
+        process = await self._take_standby(config_path)
+        if process is None:
+            process = await self._spawn([str(config_path)], job_dir / "runner.log", job_dir)
+        (job_dir / "runner.pid").write_text(str(process.pid))
+        self._processes[self._key(launch.run, launch.attempt)] = process
+        self._standby_task = asyncio.ensure_future(self._prepare_standby())
+        return process.pid
+
+    async def _spawn(self, args: list[str], log_path: Path, cwd: Path) -> asyncio.subprocess.Process:
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         env = {k: v for k, v in os.environ.items() if not k.startswith("DLAAS_")}
         try:
-            process = await asyncio.create_subprocess_exec(
+            return await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "dlaas.runner",
-                str(config_path),
-                stdin=subprocess.DEVNULL,
-                stdout=runner_log,
-                stderr=runner_log,
-                start_new_session=True,
+                *args,
+                stdin=subprocess.PIPE if args == ["--standby"] else subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # its own session: it outlives the scheduler
                 env=env,
-                cwd=job_dir,
+                cwd=cwd,
             )
         finally:
-            runner_log.close()
-        (job_dir / "runner.pid").write_text(str(process.pid))
-        self._processes[self._key(launch.run, launch.attempt)] = process
-        return process.pid
+            log.close()
+
+    def warm(self) -> None:
+        """Starts the standby runner ahead of the first run."""
+        self._standby_task = asyncio.ensure_future(self._prepare_standby())
+
+    async def _prepare_standby(self) -> None:
+        """Keeps one runner started and imported, waiting for its runner.json (see `--standby`)."""
+        if self._standby is None or self._standby.returncode is not None:
+            self._standby = await self._spawn(["--standby"], self.jobs_dir / "standby.log", self.jobs_dir)
+
+    async def _take_standby(self, config_path: Path) -> asyncio.subprocess.Process | None:
+        if self._standby_task is not None:
+            await self._standby_task
+        process, self._standby = self._standby, None
+        if process is None or process.returncode is not None or process.stdin is None:
+            return None
+        try:
+            process.stdin.write(f"{config_path}\n".encode())
+            await process.stdin.drain()
+            process.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            return None
+        return process
+
+    async def close(self) -> None:
+        """Ends the standby runner (running runners are left alone: they outlive the scheduler)."""
+        if self._standby_task is not None:
+            with contextlib.suppress(Exception):
+                await self._standby_task
+        if self._standby is not None and self._standby.stdin is not None:
+            self._standby.stdin.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._standby.wait(), 5)
 
     @staticmethod
     def _key(run: str, attempt: int) -> str:

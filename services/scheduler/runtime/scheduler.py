@@ -447,6 +447,7 @@ class Scheduler:
     # ---- decision rounds -------------------------------------------------------------------
 
     async def dispatch_loop(self) -> None:
+        self.backend.warm()
         self._wake.set()
         while True:
             await self._wake.wait()
@@ -805,6 +806,7 @@ class Scheduler:
                 backoff = min(backoff * 2, 5.0)
 
     async def close(self) -> None:
+        await self.backend.close()
         for handle in self._deadlines.values():
             handle.cancel()
         for task in list(self._tasks):
