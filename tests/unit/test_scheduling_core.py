@@ -155,8 +155,8 @@ def test_backfill_only_when_it_does_not_delay_the_blocked_head() -> None:
     # 3 GPUs busy until t=10_000; the head needs 2 and gets the free one reserved.
     live = [LiveRun("busy", "c", (Allocation("n0", "h100", (0, 1, 2)),), deadline_ms=10_000)]
     head = QueuedRun("head", "a", 2, "", created_ms=1, max_runtime_ms=60_000)
-    long_small = QueuedRun("long", "b", 1, "", created_ms=2, max_runtime_ms=60_000)
-    short_small = QueuedRun("short", "b", 1, "", created_ms=3, max_runtime_ms=5_000)
+    long_small = QueuedRun("long", "a", 1, "", created_ms=2, max_runtime_ms=60_000)
+    short_small = QueuedRun("short", "a", 1, "", created_ms=3, max_runtime_ms=5_000)
     decisions = decide([head, long_small, short_small], live, nodes, tiers, now_ms=0)
     started = {a.run for a in decisions.assignments}
     assert started == {"short"}, started
@@ -182,3 +182,25 @@ def test_runs_that_can_never_fit_say_why() -> None:
     assert "allows at most 16" in (never_fits(QueuedRun("x", "a", 8, "", 0, learners=3), tier, nodes) or "")
     assert never_fits(QueuedRun("x", "a", 8, "", 0, learners=2), TierLimits(max_gpus=16), nodes) is not None
     assert never_fits(QueuedRun("x", "a", 4, "", 0, learners=2), tier, nodes) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    weights=st.lists(st.sampled_from([1.0, 2.0, 3.0, 4.0]), min_size=2, max_size=5),
+    nodes=st.integers(1, 6),
+)
+def test_fair_shares_under_contention_follow_the_weights(weights: list[float], nodes: int) -> None:
+    cluster = [Node(f"n{i}", "h100", 8) for i in range(nodes)]
+    capacity = 8 * nodes
+    tiers = {f"a{i}": TierLimits(max_gpus=1000, weight=w) for i, w in enumerate(weights)}
+    # Every account wants the whole cluster, in 1-GPU runs.
+    runs = [QueuedRun(f"a{i}-{j}", f"a{i}", 1, "", j * 10 + i) for i in range(len(weights)) for j in range(capacity)]
+    decisions = decide(runs, [], cluster, tiers)
+    held: dict[str, int] = defaultdict(int)
+    for assignment in decisions.assignments:
+        held[assignment.run.split("-")[0]] += 1
+    assert sum(held.values()) == capacity
+    for account, tier in tiers.items():
+        fair = capacity * tier.weight / sum(weights)
+        # Whole GPUs cannot split exactly: no divisor method keeps every share within one GPU.
+        assert abs(held[account] - fair) < 2, (held, weights)

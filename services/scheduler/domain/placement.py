@@ -1,7 +1,8 @@
 """One decision round: which queued runs start now, where, and why the others wait. Pure.
 
 - Across accounts, weighted fair share: the next run considered is the head of the account with
-  the smallest dominant share (GPUs in use / weight). Within an account: priority, then arrival.
+  the smallest dominant share (GPUs in use, plus half its head, over its weight: Sainte-Laguë,
+  so that whole GPUs divide closest to the weights). Within an account: priority, then arrival.
 - No account ever goes over its tier's GPU limit; a head over quota holds its account's queue.
 - Placement: every GPU of a learner on one node; a gang's learners all placed or none, on nodes
   of one GPU type; best fit (the node with the fewest free GPUs that fit) keeps large blocks free.
@@ -188,7 +189,10 @@ def decide(
     def key(account: str) -> tuple[float, int, int, str]:
         head = queues[account][cursor[account]]
         weight = tiers[account].weight if account in tiers else 1.0
-        return (in_use[account] / max(weight, 1e-9), -head.priority, head.created_ms, account)
+        # Weighted share counting half of the head (Sainte-Laguë): with whole GPUs this keeps every
+        # account closest to its weighted share, neither the small nor the large favoured.
+        share = (in_use[account] + head.total_gpus / 2) / max(weight, 1e-9)
+        return (share, -head.priority, head.created_ms, account)
 
     heap = [key(a) for a in queues]
     heapq.heapify(heap)
