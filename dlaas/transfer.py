@@ -126,7 +126,7 @@ def copy_tree(
     except OSError as exc:
         raise TransferError(f"cannot create folders under {dst_root}: {exc.strerror or exc}") from exc
 
-    progress = _serialized(on_bytes)
+    progress = serialized(on_bytes)
     stats = TransferStats()
 
     def place(rel: PurePosixPath, src_stat: os.stat_result) -> tuple[Placed, int]:
@@ -170,7 +170,7 @@ def copy_file(
     except OSError as exc:
         raise TransferError(f"cannot create {dst_path.parent}: {exc.strerror or exc}") from exc
     stats = TransferStats()
-    outcome = _place_file(src_path, dst_path, src_stat, link=link, verify=verify, progress=_serialized(on_bytes))
+    outcome = _place_file(src_path, dst_path, src_stat, link=link, verify=verify, progress=serialized(on_bytes))
     stats.add(outcome, src_stat.st_size)
     return stats
 
@@ -208,7 +208,8 @@ def _refuse_unless_regular(path: Path, path_stat: os.stat_result) -> None:
         raise TransferError(f"refusing to transfer a special file: {path}")
 
 
-def _serialized(on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
+def serialized(on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
+    """A progress callback safe to call from several transfer threads at once."""
     if on_bytes is None:
         return lambda count: None
     lock = threading.Lock()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dlaas.transfer import Placed, TransferError, TransferStats, safe_relpath
+from dlaas.transfer import Placed, TransferError, TransferStats, safe_relpath, serialized
 
 __all__ = ["PART_SIZE", "S3Location", "download_prefix", "object_etag", "upload_file", "upload_tree"]
 
@@ -184,19 +184,6 @@ def _s3_failure(action: str, target: str, exc: Exception) -> TransferError:
     return TransferError(f"cannot {action} {target}: {code}")
 
 
-def _serialized(on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
-    if on_bytes is None:
-        return lambda count: None
-    lock = threading.Lock()
-    callback = on_bytes
-
-    def report(count: int) -> None:
-        with lock:
-            callback(count)
-
-    return report
-
-
 def _run_all(pool: ThreadPoolExecutor, futures: list[Future[Any]]) -> list[Any]:
     """Results in order; the first failure cancels what has not started and is raised."""
     done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -299,13 +286,13 @@ def download_prefix(
             _Remote(o.key, o.size, o.etag, dest / safe_relpath(_relative(location.prefix, o.key)))
             for o in location.objects
         ]
-        return _download(_SignedSource(location, workers), remotes, workers, _serialized(on_bytes))
+        return _download(_SignedSource(location, workers), remotes, workers, serialized(on_bytes))
     s3 = client(location, workers)
     try:
         remotes = list(_listing(s3, location, dest))
     except Exception as exc:
         raise _s3_failure("list", f"{location.bucket}/{location.prefix}", exc) from exc
-    return _download(_Source(s3, location.bucket), remotes, workers, _serialized(on_bytes))
+    return _download(_Source(s3, location.bucket), remotes, workers, serialized(on_bytes))
 
 
 def _relative(prefix: str, key: str) -> str:
@@ -524,7 +511,7 @@ def upload_tree(
     if not src.is_dir():
         raise TransferError(f"not a directory: {src}")
     if location.presigned:
-        return _upload_signed(src, location, relative_prefix, workers, _serialized(on_bytes))
+        return _upload_signed(src, location, relative_prefix, workers, serialized(on_bytes))
     files: list[tuple[Path, str]] = []
     for path in sorted(src.rglob("*")):
         if path.is_symlink():
@@ -542,7 +529,7 @@ def upload_tree(
         code = getattr(exc, "code", "")
         if code != "NoSuchBucket":
             raise _s3_failure("list", f"{location.bucket}/{base}", exc) from exc
-    progress = _serialized(on_bytes)
+    progress = serialized(on_bytes)
     stats = TransferStats()
     big = [(path, key) for path, key in files if path.stat().st_size > PART_SIZE]
     small = [(path, key) for path, key in files if path.stat().st_size <= PART_SIZE]
