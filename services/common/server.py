@@ -70,6 +70,19 @@ def _run_of(request: object) -> str:
     return ""
 
 
+def _status_code(exc: BaseException) -> grpc.StatusCode:
+    """The code the caller will get for `exc`, for the RPC metrics."""
+    if isinstance(exc, DomainError):
+        return exc.code
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code()
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, grpc.aio.AbortError):
+        return grpc.StatusCode.UNKNOWN  # the servicer aborted by itself with a code we do not see here
+    return grpc.StatusCode.INTERNAL
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Maps errors at one boundary, binds the run to the logs, counts and times every RPC."""
 
@@ -109,7 +122,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             try:
                 return await behavior(request, context)
             except BaseException as exc:  # noqa: BLE001 - every failure is mapped, then re-raised by abort
-                code = await self._abort(exc, context, method)
+                code = _status_code(exc)
+                await self._abort(exc, context, method)
             finally:
                 self._observe(method, code, started)
 
@@ -124,16 +138,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 async for response in behavior(request, context):
                     yield response
             except BaseException as exc:  # noqa: BLE001
-                code = await self._abort(exc, context, method)
+                code = _status_code(exc)
+                await self._abort(exc, context, method)
             finally:
                 self._observe(method, code, started)
 
         return wrapped
 
-    async def _abort(
-        self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any], method: str
-    ) -> grpc.StatusCode:
-        """Answers the caller for `exc` (always raises); returns the code only for type checkers."""
+    async def _abort(self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+        """Answers the caller for `exc`; always raises."""
         if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
             raise exc
         if isinstance(exc, DomainError):

@@ -17,7 +17,17 @@ from dlaas.gateway.v1 import cluster_pb2, cluster_pb2_grpc, gateway_pb2, gateway
 from dlaas.types.v1 import run_pb2
 from services.scheduler.settings import Tier
 from tests.conftest import DatabaseFactory
-from tests.support import Platform, manifest, pack, start_gateway, start_platform, submit, transition_ms, wait_for
+from tests.support import (
+    Platform,
+    manifest,
+    pack,
+    process_gone,
+    start_gateway,
+    start_platform,
+    submit,
+    transition_ms,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -127,11 +137,11 @@ async def test_a_lost_runner_requeues_the_run_which_then_completes_once(four_gpu
         await asyncio.sleep(0.05)
     pid = int((job / "runner.pid").read_text())
     state = json.loads((job / "state.json").read_text())
-    os.killpg(state["command_pgid"], signal.SIGKILL)  # the node is "lost": runner and command die at once
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)  # the runner is lost; its command (sleeping 60 s) is left behind
 
     done = await wait_for(p.client, code_dir_run.name, timeout=60)
     assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status
+    assert process_gone(state["command_pgid"]), "the lost attempt's command kept running beside the next one"
     assert done.status.attempt == 2
     states = [t.state for t in done.status.transitions]
     assert states.count(run_pb2.RUN_STATE_ASSIGNED) == 2 and states.count(run_pb2.RUN_STATE_COMPLETED) == 1

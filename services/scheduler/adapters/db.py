@@ -201,6 +201,11 @@ class RunRepository:
             result.append(run)
         return result
 
+    async def queued_accounts(self, conn: AsyncConnection) -> dict[str, str]:
+        """Each account with queued runs, with the tier its runs were submitted under."""
+        rows = await conn.execute(select(runs.c.account, runs.c.tier).where(runs.c.state == QUEUED_STATE).distinct())
+        return {r.account: r.tier for r in rows}
+
     async def count_queued(self, conn: AsyncConnection, account: str) -> int:
         query = select(func.count()).where(runs.c.account == account, runs.c.state == QUEUED_STATE)
         return int((await conn.execute(query)).scalar_one())

@@ -41,10 +41,10 @@ class LocalBackend:
         job_dir = launch.job_dir
         job_dir.mkdir(parents=True, exist_ok=True)
         config_path = launch.write(job_dir / "runner.json")
-        process = await self._take_standby(config_path)
+        process = await self._take_standby(config_path, job_dir / "runner.pid")
         if process is None:
             process = await self._spawn([str(config_path)], job_dir / "runner.log", job_dir)
-        (job_dir / "runner.pid").write_text(str(process.pid))
+            (job_dir / "runner.pid").write_text(str(process.pid))
         self._processes[self._key(launch.run, launch.attempt)] = process
         self._standby_task = asyncio.ensure_future(self._prepare_standby())
         return process.pid
@@ -77,17 +77,24 @@ class LocalBackend:
         if self._standby is None or self._standby.returncode is not None:
             self._standby = await self._spawn(["--standby"], self.jobs_dir / "standby.log", self.jobs_dir)
 
-    async def _take_standby(self, config_path: Path) -> asyncio.subprocess.Process | None:
+    async def _take_standby(self, config_path: Path, pid_file: Path) -> asyncio.subprocess.Process | None:
         if self._standby_task is not None:
-            await self._standby_task
+            try:
+                await self._standby_task
+            except Exception:
+                log.exception("could not start a standby runner")
+            self._standby_task = None
         process, self._standby = self._standby, None
         if process is None or process.returncode is not None or process.stdin is None:
             return None
+        # The pid is on disk before the runner learns its run: a restarted scheduler finds it either way.
+        pid_file.write_text(str(process.pid))
         try:
             process.stdin.write(f"{config_path}\n".encode())
             await process.stdin.drain()
             process.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
+            pid_file.unlink(missing_ok=True)
             return None
         return process
 
@@ -139,6 +146,22 @@ class LocalBackend:
             os.kill(pid, signal.SIGTERM)
             return True
         return False
+
+    def kill_command(self, run: str, attempt: int) -> None:
+        """Kills what is left of the attempt's command (its process group) once its runner is gone."""
+        state = self.final_state(run, attempt) or {}
+        pgid = state.get("command_pgid")
+        if isinstance(pgid, int) and pgid > 1:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+
+    def kill_runner(self, run: str, attempt: int) -> None:
+        """Kills a runner that did not stop when asked, and its command."""
+        pid = self.pid(run, attempt)
+        if pid is not None and self.is_alive(run, attempt):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.kill_command(run, attempt)
 
     def final_state(self, run: str, attempt: int) -> dict[str, Any] | None:
         """What the runner last wrote to state.json, for reconciling after a restart."""

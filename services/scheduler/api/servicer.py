@@ -12,7 +12,7 @@ from dlaas.types.v1 import run_pb2
 from services.common import names, pagination
 from services.common.errors import InvalidArgument
 from services.scheduler.adapters.db import RunRow
-from services.scheduler.domain.model import QUEUED, Node, Waiting
+from services.scheduler.domain.model import QUEUED, Node, Waiting, results_location
 from services.scheduler.runtime.scheduler import Scheduler
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -39,13 +39,7 @@ def to_proto(run: RunRow, waiting: Waiting | None = None) -> scheduler_pb2.Run:
     if run.state == QUEUED and waiting is not None:
         status.queue_position, status.wait_reason = waiting.position, waiting.reason
     if run.attempt > 0:
-        run_id = run.name.rsplit("/", 1)[-1]
-        prefix = "/".join(p for p in (spec.training_results.prefix.strip("/"), run_id) if p)
-        status.results.CopyFrom(
-            run_pb2.ObjectLocation(
-                connection=spec.training_results.connection, bucket=spec.training_results.bucket, prefix=prefix
-            )
-        )
+        status.results.CopyFrom(results_location(spec, run.name.rsplit("/", 1)[-1]))
     proto = scheduler_pb2.Run(name=run.name, spec=spec, status=status)
     if run.code:
         proto.code.CopyFrom(run_pb2.ObjectLocation.FromString(run.code))

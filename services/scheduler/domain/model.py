@@ -114,3 +114,11 @@ class Waiting:
 class Decisions:
     assignments: list[Assignment] = field(default_factory=list)
     waiting: dict[str, Waiting] = field(default_factory=dict)
+
+
+def results_location(spec: run_pb2.RunSpec, run_id: str) -> run_pb2.ObjectLocation:
+    """Where a run's results and logs go: `<results bucket>/<prefix>/<run id>/`."""
+    prefix = "/".join(part for part in (spec.training_results.prefix.strip("/"), run_id) if part)
+    return run_pb2.ObjectLocation(
+        connection=spec.training_results.connection, bucket=spec.training_results.bucket, prefix=prefix
+    )

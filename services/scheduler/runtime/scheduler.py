@@ -15,9 +15,9 @@ import logging
 import secrets
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -58,6 +58,7 @@ from services.scheduler.domain.model import (
     TierLimits,
     Waiting,
     may_advance,
+    results_location,
     state_name,
 )
 from services.scheduler.domain.placement import decide, never_fits, within_allowance
@@ -131,6 +132,14 @@ class Scheduler:
 
     # ---- API operations -------------------------------------------------------------------
 
+    def _tier(self, name: str) -> Tier:
+        """A tier by name; one removed from the settings since falls back to the most restrictive."""
+        tiers = self.settings.tiers
+        if name in tiers:
+            return tiers[name]
+        log.warning("tier %r is no longer configured: using the most restrictive one", name)
+        return min(tiers.values(), key=lambda t: (t.max_gpus, t.max_runtime_s))
+
     def _limits(self, tier: Tier) -> TierLimits:
         return TierLimits(tier.max_gpus, tier.weight, frozenset(t.lower() for t in tier.allowed_gpu_types))
 
@@ -147,7 +156,7 @@ class Scheduler:
             )
         async with self.engine.connect() as conn:
             tier = (await self.cluster.tiers(conn)).get(account, tier)
-        limits = tiers[tier]
+        limits = self._tier(tier)
         runtime_s = limits.max_runtime_s
         if spec.HasField("max_runtime") and spec.max_runtime.seconds > 0:
             runtime_s = min(runtime_s, spec.max_runtime.seconds)
@@ -461,6 +470,13 @@ class Scheduler:
 
     async def _round(self) -> None:
         launches: list[tuple[RunRow, str]] = []
+        # Metering is asked before the lock is taken: a slow answer must not hold up reports and cancels.
+        async with self.engine.connect() as conn:
+            waiting_accounts = await self.repo.queued_accounts(conn)
+            account_tiers = await self.cluster.tiers(conn)
+        closed = await self._closed_usage(
+            a for a, t in waiting_accounts.items() if self._tier(account_tiers.get(a, t)).monthly_gpu_hours is not None
+        )
         async with self._lock:
             async with self.engine.connect() as conn:
                 queued = await self.repo.in_states(conn, {QUEUED})
@@ -489,9 +505,15 @@ class Scheduler:
             hours = {
                 r.account: tier.monthly_gpu_hours
                 for r in queued
-                if (tier := tiers[account_tiers.get(r.account, r.tier)]).monthly_gpu_hours is not None
+                if (tier := self._tier(account_tiers.get(r.account, r.tier))).monthly_gpu_hours is not None
             }
-            remaining = await self._allowance_left(hours, live, now)
+            remaining: dict[str, int] = {}
+            for account, allowance in hours.items():
+                if account not in closed:
+                    remaining[account] = 0  # arrived since metering was asked: decided next round
+                    self._wake.set()
+                elif (used := closed[account]) is not None:
+                    remaining[account] = self._left(allowance, used, live, account, now)
             allowed, over_allowance = within_allowance(candidates, remaining, hours)
             decisions = decide(
                 allowed,
@@ -535,27 +557,34 @@ class Scheduler:
                 log.info("assigned %s to %s GPUs %s", run.name, run.node, run.gpu_indices)
             self._spawn(self._launch(run, token))
 
-    async def _allowance_left(self, hours: dict[str, float], live: list[RunRow], now: int) -> dict[str, int]:
-        """GPU-milliseconds each account with a monthly allowance has left this month.
-
-        Closed intervals come from metering; the account's running runs are counted here, from the
-        scheduler's own records. If metering does not answer, the account is let through (logged).
-        """
-        month_start = _month_start_ms(now)
-        left: dict[str, int] = {}
-        for account, allowance_hours in hours.items():
+    async def _closed_usage(self, accounts: Iterable[str]) -> dict[str, int | None]:
+        """This month's GPU-milliseconds of each account's closed intervals, from metering (None: no answer)."""
+        closed: dict[str, int | None] = {}
+        for account in accounts:
             try:
-                usage = await self.peers.monthly_usage(account)
+                closed[account] = (await self.peers.monthly_usage(account)).closed_gpu_milliseconds
             except grpc.aio.AioRpcError as exc:
                 log.warning("metering did not answer (%s): %s's allowance not checked", exc.code().name, account)
-                continue
-            running = sum(
-                len(r.gpu_indices) * (now - max(r.assigned_ms or now, month_start))
-                for r in live
-                if r.account == account
-            )
-            left[account] = int(allowance_hours * 3_600_000) - usage.closed_gpu_milliseconds - running
-        return left
+                closed[account] = None
+        return closed
+
+    @staticmethod
+    def _left(hours: float, closed: int, live: list[RunRow], account: str, now: int) -> int:
+        """What the allowance leaves: the account's running runs are counted from the scheduler's records."""
+        month_start = _month_start_ms(now)
+        running = sum(
+            len(r.gpu_indices) * (now - max(r.assigned_ms or now, month_start)) for r in live if r.account == account
+        )
+        return int(hours * 3_600_000) - closed - running
+
+    async def _allowance_left(self, hours: dict[str, float], live: list[RunRow], now: int) -> dict[str, int]:
+        """GPU-milliseconds each account with a monthly allowance has left this month (unknown: absent)."""
+        closed = await self._closed_usage(hours)
+        return {
+            account: self._left(h, used, live, account, now)
+            for account, h in hours.items()
+            if (used := closed[account]) is not None
+        }
 
     # ---- max runtime ---------------------------------------------------------------------
 
@@ -583,6 +612,9 @@ class Scheduler:
                 run.termination_reason = run_pb2.TERMINATION_REASON_MAX_RUNTIME
                 if self.backend.cancel(run.name, run.attempt):
                     await self.repo.save(conn, run)
+                    # If it does not stop within the grace either, it is killed; its watcher ends the run.
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(max(self.settings.max_runtime_grace_s, 5), self.backend.kill_runner, name, attempt)
                 else:
                     message = f"exceeded its max runtime of {run.max_runtime_s} s"
                     await self._finish(
@@ -598,6 +630,10 @@ class Scheduler:
             except grpc.aio.AioRpcError as exc:
                 await self._fail_attempt(run, f"could not get a storage grant: {exc.details()}")
                 return
+            except Exception as exc:
+                log.exception("could not prepare the launch")
+                await self._fail_attempt(run, f"could not prepare the runner: {exc.__class__.__name__}")
+                return
             async with self._lock:
                 async with self.engine.begin() as conn:
                     current = await self.repo.get(conn, run.name)
@@ -608,29 +644,22 @@ class Scheduler:
                     await self.repo.save(conn, current)
                 try:
                     await self.backend.start(launch)
-                except OSError as exc:
+                except Exception as exc:
                     log.exception("could not start the runner")
-                    self._spawn(self._fail_attempt(run, f"could not start the runner: {exc}"))
+                    self._spawn(self._fail_attempt(run, f"could not start the runner: {exc.__class__.__name__}"))
                     return
             self._spawn(self._watch_runner(run.name, run.attempt))
 
     async def _prepare_launch(self, run: RunRow, token: str) -> tuple[RunnerConfig, str]:
         spec = run_pb2.RunSpec.FromString(run.spec)
         run_id = run.name.rsplit("/", 1)[-1]
-        results = run_pb2.ObjectLocation(
-            connection=spec.training_results.connection,
-            bucket=spec.training_results.bucket,
-            prefix=str(PurePosixPath(spec.training_results.prefix or ".", run_id)).removeprefix("./"),
-        )
+        results = results_location(spec, run_id)
         reads: list[run_pb2.ObjectLocation] = []
         if spec.training_data.bucket:
             reads.append(spec.training_data)
         if run.code:
             reads.append(run_pb2.ObjectLocation.FromString(run.code))
-        tier = self.settings.tiers[run.tier]
-        max_runtime_s = tier.max_runtime_s
-        if spec.HasField("max_runtime") and spec.max_runtime.seconds > 0:
-            max_runtime_s = min(max_runtime_s, spec.max_runtime.seconds)
+        max_runtime_s = run.max_runtime_s or self._tier(run.tier).max_runtime_s  # fixed at submission
         grant = await self.peers.grant_run(
             run.account, run.name, run.attempt, reads, results, max_runtime_s + self.settings.grant_margin_s
         )
@@ -706,6 +735,8 @@ class Scheduler:
                 current = await self.repo.get(conn, run.name)
                 if current is None or current.attempt != run.attempt or current.state not in LIVE:
                     return
+                # The runner is gone; its command must not go on beside a next attempt.
+                self.backend.kill_command(current.name, current.attempt)
                 state: int = FAILED
                 reason: int = run_pb2.TERMINATION_REASON_INFRASTRUCTURE
                 exit_code: int | None = None
@@ -749,6 +780,7 @@ class Scheduler:
         run.assigned_ms = None
         run.message = message
         await self.repo.save(conn, run)
+        self._outbox_wake.set()
         if grant:
             self._spawn(self._revoke(grant))
 
@@ -773,11 +805,15 @@ class Scheduler:
                     self._spawn(self._watch_runner(run.name, run.attempt))
                 elif run.state == ASSIGNED and self.backend.pid(run.name, run.attempt) is None:
                     token = secrets.token_urlsafe(32)
-                    async with self.engine.begin() as conn:
-                        run.run_token_hash = _hash_token(token)
-                        await self.repo.save(conn, run)
+                    async with self._lock, self.engine.begin() as conn:
+                        current = await self.repo.get(conn, run.name)
+                        if current is None or current.attempt != run.attempt or current.state != ASSIGNED:
+                            continue  # changed meanwhile (cancelled, reported)
+                        current.run_token_hash = _hash_token(token)
+                        await self.repo.save(conn, current)
                     log.info("relaunching %s, assigned but never started", run.name)
-                    self._spawn(self._launch(run, token))
+                    self._arm_deadline(current)
+                    self._spawn(self._launch(current, token))
                 else:
                     final = self.backend.final_state(run.name, run.attempt)
                     await self._fail_attempt(run, "the runner ended while the scheduler was down", final)
@@ -802,6 +838,10 @@ class Scheduler:
                 backoff = 0.2
             except grpc.aio.AioRpcError as exc:
                 log.warning("metering unreachable (%s); retrying in %.1f s", exc.code().name, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("usage delivery failed; retrying in %.1f s", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
