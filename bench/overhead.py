@@ -74,7 +74,7 @@ def command_span_ms(client: gateway_pb2_grpc.TrainingServiceStub, name: str) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=400, help="about a minute on a 2-core CPU")
+    parser.add_argument("--epochs", type=int, default=1800, help="about a minute on a 2-core CPU")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tiny", type=int, default=5, help="tiny jobs for the fixed overhead")
     args = parser.parse_args()
