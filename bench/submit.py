@@ -22,6 +22,7 @@ import grpc
 
 from dlaas import platform
 from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from dlaas.types.v1 import run_pb2
 
 MANIFEST = """\
 name: bench-{i}
@@ -49,7 +50,7 @@ async def client(
 async def run(address: str, count: int, concurrency: int) -> tuple[float, list[float]]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = gateway_pb2_grpc.TrainingServiceStub(channel)
-        await stub.CreateRun(
+        holder = await stub.CreateRun(
             gateway_pb2.CreateRunRequest(
                 manifest=MANIFEST.format(i="holder").replace("python train.py --lr 0.01", "sleep 600")
             )
@@ -60,7 +61,13 @@ async def run(address: str, count: int, concurrency: int) -> tuple[float, list[f
         latencies: list[float] = []
         started = time.perf_counter()
         await asyncio.gather(*(client(stub, queue, latencies) for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies
+        elapsed = time.perf_counter() - started
+        # Runners outlive the platform by design: stop the one holding the GPU before going down.
+        await stub.CancelRun(gateway_pb2.CancelRunRequest(name=holder.name))
+        async for run in stub.WatchRun(gateway_pb2.WatchRunRequest(name=holder.name), timeout=60):
+            if run.status.state in (run_pb2.RUN_STATE_CANCELLED, run_pb2.RUN_STATE_FAILED):
+                break
+        return elapsed, latencies
 
 
 def main() -> None:
