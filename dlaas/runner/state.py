@@ -103,3 +103,33 @@ class StateFile:
             os.replace(temp, self.path)
         except OSError as exc:
             logger.error("cannot write %s: %s", self.path, exc)
+
+
+@dataclass(frozen=True)
+class LastWord:
+    """What a runner left in its state.json, as a backend reads it once the runner is gone."""
+
+    progress: Progress
+    command_pgid: int | None
+
+
+def read_state(path: Path) -> LastWord | None:
+    """The state.json that `StateFile` writes, or None when there is none or it cannot be read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        state = run_pb2.RunState.Value(str(data["state"]))
+        reason = run_pb2.TerminationReason.Value(
+            str(data.get("termination_reason") or "TERMINATION_REASON_UNSPECIFIED")
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    exit_code, pgid, tail = data.get("exit_code"), data.get("command_pgid"), data.get("log_tail")
+    progress = Progress(
+        state=state,
+        event_time_ns=0,
+        exit_code=exit_code if isinstance(exit_code, int) else None,
+        termination_reason=reason,
+        message=str(data.get("message") or ""),
+        log_tail=tuple(str(line) for line in tail) if isinstance(tail, list) else (),
+    )
+    return LastWord(progress, pgid if isinstance(pgid, int) else None)

@@ -182,8 +182,13 @@ class RunRepository:
     async def add_transition(self, conn: AsyncConnection, name: str, attempt: int, state: int, time_ms: int) -> None:
         await conn.execute(insert(transitions).values(run=name, attempt=attempt, state=state, time_ms=time_ms))
 
-    async def in_states(self, conn: AsyncConnection, states: frozenset[int] | set[int]) -> list[RunRow]:
-        rows = await conn.execute(select(runs).where(runs.c.state.in_(states)).order_by(runs.c.created_ms))
+    async def in_states(
+        self, conn: AsyncConnection, states: frozenset[int] | set[int], *, account: str | None = None
+    ) -> list[RunRow]:
+        query = select(runs).where(runs.c.state.in_(states))
+        if account is not None:
+            query = query.where(runs.c.account == account)
+        rows = await conn.execute(query.order_by(runs.c.created_ms))
         return [RunRow.from_db(r) for r in rows]
 
     async def list_for_account(self, conn: AsyncConnection, account: str, offset: int, limit: int) -> list[RunRow]:

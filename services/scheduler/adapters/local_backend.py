@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 
 from dlaas.procs import alive
 from dlaas.runner.config import RunnerConfig
+from dlaas.runner.state import LastWord, read_state
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,9 @@ class LocalBackend:
 
     def kill_command(self, run: str, attempt: int) -> None:
         """Kills what is left of the attempt's command (its process group) once its runner is gone."""
-        state = self.final_state(run, attempt) or {}
-        pgid = state.get("command_pgid")
-        if isinstance(pgid, int) and pgid > 1:
+        last = self.final_state(run, attempt)
+        pgid = last.command_pgid if last else None
+        if pgid is not None and pgid > 1:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
 
@@ -163,13 +163,9 @@ class LocalBackend:
                 os.kill(pid, signal.SIGKILL)
         self.kill_command(run, attempt)
 
-    def final_state(self, run: str, attempt: int) -> dict[str, Any] | None:
-        """What the runner last wrote to state.json, for reconciling after a restart."""
-        try:
-            data = json.loads((self.job_dir(run, attempt) / "state.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+    def final_state(self, run: str, attempt: int) -> LastWord | None:
+        """What the runner last wrote to state.json, for reconciling after it is gone."""
+        return read_state(self.job_dir(run, attempt) / "state.json")
 
     def log_path(self, run: str, attempt: int) -> Path:
         return self.job_dir(run, attempt) / "training.log"

@@ -76,6 +76,11 @@ class QueuedRun:
         return self.gpus * self.learners
 
 
+def queue_order(run: QueuedRun) -> tuple[int, int, str]:
+    """An account's own queue: priority first, then arrival."""
+    return (-run.priority, run.created_ms, run.name)
+
+
 @dataclass(frozen=True)
 class Allocation:
     """GPUs of one node given to one learner."""

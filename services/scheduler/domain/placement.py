@@ -29,6 +29,7 @@ from services.scheduler.domain.model import (
     QueuedRun,
     TierLimits,
     Waiting,
+    queue_order,
 )
 
 
@@ -159,11 +160,15 @@ def decide(
     nodes: Sequence[Node],
     tiers: Mapping[str, TierLimits],
     now_ms: int = 0,
+    held: Mapping[str, str] | None = None,
 ) -> Decisions:
     """Admits every queued run that fits now; says why each other one waits.
 
     `tiers` maps each account to its tier's limits (an account without an entry gets nothing).
+    `held` names runs that must wait for a reason decided elsewhere (the monthly allowance): they
+    keep their place in their account's queue but are not placed.
     """
+    held = held or {}
     free = FreeGpus(nodes)
     in_use: dict[str, int] = defaultdict(int)
     for holder in live:
@@ -176,7 +181,7 @@ def decide(
     for run in queued:
         queues[run.account].append(run)
     for runs in queues.values():
-        runs.sort(key=lambda r: (-r.priority, r.created_ms, r.name))
+        runs.sort(key=queue_order)
 
     decisions = Decisions()
     reasons: dict[str, str] = {}
@@ -200,26 +205,29 @@ def decide(
         account = heapq.heappop(heap)[-1]
         run = queues[account][cursor[account]]
         tier = tiers.get(account, TierLimits(max_gpus=0))
-        if in_use[account] + run.total_gpus > tier.max_gpus:
+        if run.name in held:
+            reasons[run.name] = held[run.name]
+        elif in_use[account] + run.total_gpus > tier.max_gpus:
             reasons[run.name] = (
                 f"quota: the account's tier allows {tier.max_gpus} GPU(s) at once and {in_use[account]} are in use"
             )
             for later in queues[account][cursor[account] + 1 :]:
                 reasons[later.name] = f"behind {run.name}, which waits for quota"
             continue
-        allocations = _place(run, tier, free, reservation, now_ms)
-        if allocations is not None:
-            decisions.assignments.append(Assignment(run.name, allocations))
-            assigned.add(run.name)
-            in_use[account] += run.total_gpus
         else:
-            reasons[run.name] = _capacity_reason(run, free, nodes)
-            if reservation is None and run.gpus > 0 and reservation_tries < MAX_RESERVATION_TRIES:
-                reservation_tries += 1
-                reservation = _reserve(run, tier, free, live, nodes, now_ms)
-                if reservation is not None:
-                    estimates[run.name] = reservation.shadow_ms
-                    reasons[run.name] += "; GPUs are reserved for it (smaller runs may not delay it)"
+            allocations = _place(run, tier, free, reservation, now_ms)
+            if allocations is not None:
+                decisions.assignments.append(Assignment(run.name, allocations))
+                assigned.add(run.name)
+                in_use[account] += run.total_gpus
+            else:
+                reasons[run.name] = _capacity_reason(run, free, nodes)
+                if reservation is None and run.gpus > 0 and reservation_tries < MAX_RESERVATION_TRIES:
+                    reservation_tries += 1
+                    reservation = _reserve(run, tier, free, live, nodes, now_ms)
+                    if reservation is not None:
+                        estimates[run.name] = reservation.shadow_ms
+                        reasons[run.name] += "; GPUs are reserved for it (smaller runs may not delay it)"
         cursor[account] += 1
         if cursor[account] < len(queues[account]):
             heapq.heappush(heap, key(account))
@@ -309,28 +317,25 @@ def _reserve(
 __all__ = ["FreeGpus", "decide", "never_fits"]
 
 
-def within_allowance(
+def over_allowance(
     queued: Sequence[QueuedRun], remaining_ms: Mapping[str, int], hours: Mapping[str, float]
-) -> tuple[list[QueuedRun], dict[str, str]]:
-    """The runs whose GPUs × max runtime still fit their account's monthly allowance, in queue order.
+) -> dict[str, str]:
+    """The runs whose GPUs × max runtime no longer fit their account's monthly allowance, and why.
 
-    Returns those runs, and for the others why they wait. Accounts without an allowance pass.
+    Taken in queue order, each run that fits uses up its share. Accounts without an allowance pass.
     """
     left = dict(remaining_ms)
-    allowed: list[QueuedRun] = []
     reasons: dict[str, str] = {}
-    for run in sorted(queued, key=lambda r: (-r.priority, r.created_ms, r.name)):
+    for run in sorted(queued, key=queue_order):
         if run.account not in left:
-            allowed.append(run)
             continue
         need = run.total_gpus * run.max_runtime_ms
         if need <= left[run.account]:
             left[run.account] -= need
-            allowed.append(run)
         else:
             reasons[run.name] = (
                 f"allowance: the tier's {hours[run.account]:g} GPU-hours this month leave "
                 f"{max(left[run.account], 0) / 3_600_000:.2f}; the run may need "
                 f"{need / 3_600_000:.2f} (GPUs × max runtime): lower its max_runtime or wait for next month"
             )
-    return allowed, reasons
+    return reasons

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dlaas.metering.v1 import metering_pb2
 from dlaas.runner.config import RunnerConfig
+from dlaas.runner.state import LastWord
 from dlaas.scheduler.v1 import scheduler_pb2
 from dlaas.types.v1 import run_pb2
 from services.common.errors import (
@@ -42,7 +43,7 @@ from services.common.telemetry import current_carrier, span_from_carrier
 from services.common.timeutil import now_ms
 from services.scheduler.adapters.db import ClusterRepository, RunRepository, RunRow
 from services.scheduler.adapters.local_backend import LocalBackend
-from services.scheduler.adapters.peers import Peers
+from services.scheduler.adapters.peers import Peers, runner_access
 from services.scheduler.domain.model import (
     ASSIGNED,
     CANCELLED,
@@ -51,7 +52,6 @@ from services.scheduler.domain.model import (
     QUEUED,
     TERMINAL,
     Allocation,
-    Decisions,
     LiveRun,
     Node,
     QueuedRun,
@@ -61,7 +61,7 @@ from services.scheduler.domain.model import (
     results_location,
     state_name,
 )
-from services.scheduler.domain.placement import decide, never_fits, within_allowance
+from services.scheduler.domain.placement import decide, never_fits, over_allowance
 from services.scheduler.settings import SchedulerSettings, Tier
 
 log = logging.getLogger(__name__)
@@ -81,20 +81,23 @@ def _month_start_ms(now: int) -> int:
     return int(datetime(moment.year, moment.month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def _positions(candidates: list[QueuedRun], decisions: Decisions, held: dict[str, str]) -> dict[str, Waiting]:
-    """Why each run still queued waits, numbered within its account's queue (runs over allowance included)."""
-    started = {a.run for a in decisions.assignments}
-    waiting: dict[str, Waiting] = {}
-    position: dict[str, int] = defaultdict(int)
-    for run in sorted(candidates, key=lambda r: (-r.priority, r.created_ms, r.name)):
-        if run.name in started:
-            continue
-        position[run.account] += 1
-        decided = decisions.waiting.get(run.name)
-        reason = held.get(run.name) or (decided.reason if decided else "")
-        estimate = decided.estimated_start_ms if decided else 0
-        waiting[run.name] = Waiting(position[run.account], reason, estimate)
-    return waiting
+def _queued(run: RunRow) -> QueuedRun:
+    return QueuedRun(
+        run.name,
+        run.account,
+        run.gpus,
+        run.gpu_type_wanted,
+        run.created_ms,
+        run.learners,
+        run.priority,
+        run.max_runtime_s * 1000,
+    )
+
+
+def _live(run: RunRow, now: int) -> LiveRun:
+    deadline = (run.assigned_ms or now) + run.max_runtime_s * 1000 if run.max_runtime_s else 0
+    allocation = Allocation(run.node or "", run.gpu_type or "", tuple(run.gpu_indices))
+    return LiveRun(run.name, run.account, (allocation,), deadline)
 
 
 def _stopped_by_deadline(run: RunRow, state: int, reason: int) -> tuple[int, int]:
@@ -160,29 +163,6 @@ class Scheduler:
         runtime_s = limits.max_runtime_s
         if spec.HasField("max_runtime") and spec.max_runtime.seconds > 0:
             runtime_s = min(runtime_s, spec.max_runtime.seconds)
-        candidate = QueuedRun(
-            run.name,
-            account,
-            spec.resources.gpus,
-            spec.resources.gpu_type,
-            0,
-            max(spec.resources.learners, 1),
-            spec.priority,
-            runtime_s * 1000,
-        )
-        why = never_fits(candidate, self._limits(limits), self.nodes)
-        if why:
-            raise FailedPrecondition(f"the run can never start: {why}", reason="RUN_NEVER_FITS")
-        if limits.monthly_gpu_hours is not None and candidate.total_gpus > 0:
-            async with self.engine.connect() as conn:
-                live = [r for r in await self.repo.in_states(conn, LIVE) if r.account == account]
-            left = await self._allowance_left({account: limits.monthly_gpu_hours}, live, now_ms())
-            if left.get(account, 1) <= 0:
-                raise FailedPrecondition(
-                    f"the tier's {limits.monthly_gpu_hours:g} GPU-hours for this month are used up; "
-                    "runs with GPUs can start again next month, or on another tier",
-                    reason="ALLOWANCE_EXHAUSTED",
-                )
         row = RunRow(
             name=run.name,
             account=account,
@@ -195,10 +175,24 @@ class Scheduler:
             attempt=0,
             created_ms=now_ms(),
             trace_carrier=current_carrier(),
-            learners=candidate.learners,
+            learners=max(spec.resources.learners, 1),
             priority=spec.priority,
             max_runtime_s=runtime_s,
         )
+        candidate = _queued(row)
+        why = never_fits(candidate, self._limits(limits), self.nodes)
+        if why:
+            raise FailedPrecondition(f"the run can never start: {why}", reason="RUN_NEVER_FITS")
+        if limits.monthly_gpu_hours is not None and candidate.total_gpus > 0:
+            async with self.engine.connect() as conn:
+                live = await self.repo.in_states(conn, LIVE, account=account)
+            left = await self._allowance_left({account: limits.monthly_gpu_hours}, live, now_ms())
+            if left.get(account, 1) <= 0:
+                raise FailedPrecondition(
+                    f"the tier's {limits.monthly_gpu_hours:g} GPU-hours for this month are used up; "
+                    "runs with GPUs can start again next month, or on another tier",
+                    reason="ALLOWANCE_EXHAUSTED",
+                )
         # No lifecycle lock: an arrival only inserts, and the decision round it wakes reads it after commit.
         for _ in range(3):
             try:
@@ -320,10 +314,8 @@ class Scheduler:
                     if request.state == run.state:
                         return run.cancel_requested  # a retried final report
                     raise FailedPrecondition(f"the run already ended {state_name(run.state)}")
-                if request.state not in TERMINAL and not may_advance(run.state, request.state):
-                    return run.cancel_requested  # a resent report of a state already passed
                 if not may_advance(run.state, request.state):
-                    raise FailedPrecondition(f"cannot go from {state_name(run.state)} to {state_name(request.state)}")
+                    return run.cancel_requested  # a resent report of a state already passed
                 time_ms = self._clamp(run, request.event_time if request.HasField("event_time") else None)
                 if request.state in TERMINAL:
                     state, reason = _stopped_by_deadline(run, request.state, request.termination_reason)
@@ -486,22 +478,11 @@ class Scheduler:
             if not queued:
                 self._waiting = {}
                 return
-            tiers = self.settings.tiers
-            limits = {r.account: self._limits(tiers[account_tiers.get(r.account, r.tier)]) for r in [*queued, *live]}
+            limits = {
+                r.account: self._limits(self._tier(account_tiers.get(r.account, r.tier))) for r in [*queued, *live]
+            }
             now = now_ms()
-            candidates = [
-                QueuedRun(
-                    r.name,
-                    r.account,
-                    r.gpus,
-                    r.gpu_type_wanted,
-                    r.created_ms,
-                    r.learners,
-                    r.priority,
-                    r.max_runtime_s * 1000,
-                )
-                for r in queued
-            ]
+            candidates = [_queued(r) for r in queued]
             hours = {
                 r.account: tier.monthly_gpu_hours
                 for r in queued
@@ -514,23 +495,15 @@ class Scheduler:
                     self._wake.set()
                 elif (used := closed[account]) is not None:
                     remaining[account] = self._left(allowance, used, live, account, now)
-            allowed, over_allowance = within_allowance(candidates, remaining, hours)
             decisions = decide(
-                allowed,
-                [
-                    LiveRun(
-                        r.name,
-                        r.account,
-                        (Allocation(r.node or "", r.gpu_type or "", tuple(r.gpu_indices)),),
-                        (r.assigned_ms or now) + r.max_runtime_s * 1000 if r.max_runtime_s else 0,
-                    )
-                    for r in live
-                ],
+                candidates,
+                [_live(r, now) for r in live],
                 [Node(n.name, n.gpu_type, n.gpu_count, n.name not in drained) for n in self.nodes],
                 limits,
                 now_ms=now,
+                held=over_allowance(candidates, remaining, hours),
             )
-            self._waiting = _positions(candidates, decisions, over_allowance)
+            self._waiting = decisions.waiting
             by_name = {r.name: r for r in queued}
             async with self.engine.begin() as conn:
                 for assignment in decisions.assignments:
@@ -663,41 +636,10 @@ class Scheduler:
         grant = await self.peers.grant_run(
             run.account, run.name, run.attempt, reads, results, max_runtime_s + self.settings.grant_margin_s
         )
-        # Each access is a local path, S3 credentials or presigned URLs (runner.json carries any, per input).
-        from dlaas.transfer_s3 import PresignedGet, S3Location
-
-        def where(index: int) -> tuple[Path | None, S3Location | None]:
-            access = grant.accesses[index]
-            if access.WhichOneof("method") == "presigned":
-                signed = access.presigned
-                return None, S3Location(
-                    endpoint=signed.endpoint,
-                    region="",
-                    bucket=signed.bucket,
-                    prefix=signed.prefix,
-                    expire_ms=signed.expire_time.ToMilliseconds(),
-                    presigned=True,
-                    objects=tuple(PresignedGet(o.key, o.size_bytes, o.etag, o.url) for o in signed.objects),
-                    post_url=signed.post_url,
-                    post_fields=tuple(sorted(signed.post_fields.items())),
-                )
-            if access.WhichOneof("method") == "s3":
-                s3 = access.s3
-                return None, S3Location(
-                    endpoint=s3.endpoint,
-                    region=s3.region,
-                    bucket=s3.bucket,
-                    prefix=s3.prefix,
-                    access_key_id=s3.access_key_id,
-                    secret_access_key=s3.secret_access_key,
-                    session_token=s3.session_token,
-                    expire_ms=s3.expire_time.ToMilliseconds(),
-                )
-            return Path(access.local.path), None
-
-        data_path, data_s3 = where(0) if spec.training_data.bucket else (None, None)
-        code_path, code_s3 = where(len(reads) - 1) if run.code else (None, None)
-        results_path, results_s3 = where(len(grant.accesses) - 1)
+        # Each access is a local path, S3 credentials or presigned URLs; runner.json carries any, per input.
+        data_path, data_s3 = runner_access(grant.accesses[0]) if spec.training_data.bucket else (None, None)
+        code_path, code_s3 = runner_access(grant.accesses[len(reads) - 1]) if run.code else (None, None)
+        results_path, results_s3 = runner_access(grant.accesses[-1])
         envs = self.settings.framework_envs
         framework = spec.framework
         python_bin_dir = (
@@ -728,7 +670,7 @@ class Scheduler:
         )
         return launch, grant.name
 
-    async def _fail_attempt(self, run: RunRow, message: str, final: dict[str, object] | None = None) -> None:
+    async def _fail_attempt(self, run: RunRow, message: str, final: LastWord | None = None) -> None:
         """Ends a live attempt whose runner is gone: with the runner's own last word if it left one."""
         async with self._lock:
             async with self.engine.begin() as conn:
@@ -741,16 +683,10 @@ class Scheduler:
                 reason: int = run_pb2.TERMINATION_REASON_INFRASTRUCTURE
                 exit_code: int | None = None
                 log_tail: list[str] = []
-                if final and final.get("state") in ("RUN_STATE_COMPLETED", "RUN_STATE_FAILED", "RUN_STATE_CANCELLED"):
-                    state = run_pb2.RunState.Value(str(final["state"]))
-                    reason = run_pb2.TerminationReason.Value(
-                        str(final.get("termination_reason") or "TERMINATION_REASON_UNSPECIFIED")
-                    )
-                    message = str(final.get("message") or "")
-                    code = final.get("exit_code")
-                    exit_code = code if isinstance(code, int) else None
-                    tail = final.get("log_tail")
-                    log_tail = [str(line) for line in tail] if isinstance(tail, list) else []
+                if final is not None and final.progress.terminal:
+                    word = final.progress
+                    state, reason, message = word.state, word.termination_reason, word.message
+                    exit_code, log_tail = word.exit_code, list(word.log_tail)
                 elif current.cancel_requested:
                     state, reason = CANCELLED, current.termination_reason or run_pb2.TERMINATION_REASON_USER
                 elif current.attempt < self.settings.max_attempts:
@@ -824,24 +760,23 @@ class Scheduler:
         backoff = 0.2
         while True:
             self._outbox_wake.clear()
-            async with self.engine.connect() as conn:
-                pending = await self.repo.pending_events(conn, 100)
-            if not pending:
-                await self._outbox_wake.wait()
-                continue
             try:
+                async with self.engine.connect() as conn:
+                    pending = await self.repo.pending_events(conn, 100)
+                if not pending:
+                    await self._outbox_wake.wait()
+                    continue
                 for event_id, payload, carrier in pending:
                     with span_from_carrier(TRACER, "deliver usage event", carrier):
                         await self.peers.record([metering_pb2.UsageEvent.FromString(payload)])
                     async with self.engine.begin() as conn:
                         await self.repo.mark_delivered(conn, [event_id], now_ms())
                 backoff = 0.2
-            except grpc.aio.AioRpcError as exc:
-                log.warning("metering unreachable (%s); retrying in %.1f s", exc.code().name, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:
-                log.exception("usage delivery failed; retrying in %.1f s", backoff)
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AioRpcError):
+                    log.warning("metering unreachable (%s); retrying in %.1f s", exc.code().name, backoff)
+                else:
+                    log.exception("usage delivery failed; retrying in %.1f s", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
