@@ -7,7 +7,7 @@ PROTO_PACKAGES := types gateway scheduler storage metering
 PROTOS := $(wildcard protos/dlaas/*/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-submit bench-overhead bench-staging bench-metering
+.PHONY: validate-deploy install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-submit bench-overhead bench-staging bench-metering bench-hpo bench-logs gpu-check gpu-wheels
 
 install: $(STAMP) proto
 
@@ -41,6 +41,10 @@ test: install
 demo: install
 	$(PY) examples/demo.py
 
+# Renders every deploy/ overlay (deploy/kustomize.py) and validates every object strictly (kubernetes-validate).
+validate-deploy: install
+	$(PY) deploy/validate.py
+
 # The embedded default keeps its data in ./.dlaas unless DLAAS_HOME says otherwise.
 export DLAAS_HOME ?= $(CURDIR)/.dlaas
 
@@ -73,8 +77,25 @@ bench-staging: install
 bench-metering: install
 	$(PY) -m bench.metering
 
+# The digits sweep by random search and by ASHA, same trials: GPU-seconds ratio and best accuracies.
+bench-hpo: install
+	$(PY) -m bench.hpo
+
+# From a line a run prints to its arrival at a `dlaas logs -f` client.
+bench-logs: install
+	$(PY) -m bench.logs
+
+# For a machine with NVIDIA GPUs (NVML): the embedded default checked end to end, last line
+# gpu_check=pass|fail. GPU_CHECK_ARGS=--virtual runs the same flow on virtual GPUs (skipped-nvml).
+gpu-check: install
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+# The wheels the device machine lacks, into .whl/ (bench/README.md: the device command).
+gpu-wheels: install
+	bash bench/gpu_wheels.sh
+
 # Every benchmark, one after the other; each prints its figures as its last line.
-bench: bench-scheduler bench-dispatch bench-submit bench-overhead bench-metering bench-staging
+bench: bench-scheduler bench-dispatch bench-submit bench-overhead bench-metering bench-staging bench-hpo bench-logs
 
 clean:
 	rm -rf $(addprefix dlaas/,$(PROTO_PACKAGES)) .dlaas .pytest_cache .mypy_cache .ruff_cache

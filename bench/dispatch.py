@@ -22,8 +22,6 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
-
 from dlaas import platform
 from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from dlaas.types.v1 import run_pb2
@@ -75,9 +73,9 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="dlaas-bench-dispatch-"))
     os.environ["DLAAS_HOME"] = str(home)
     os.environ["DLAAS_SCHEDULER_VIRTUAL_GPUS"] = "1"
-    started = platform.up(home)
+    platform.up(home)
     try:
-        client = gateway_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(started["api_gateway"].address))
+        client = gateway_pb2_grpc.TrainingServiceStub(platform.channel(home))
         finished(client, submit(client, 0)[0])  # warm-up
         submit_to_start: list[float] = []
         free_to_start: list[float] = []

@@ -21,8 +21,6 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
-
 from dlaas import platform
 from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from dlaas.types.v1 import run_pb2
@@ -82,9 +80,9 @@ def main() -> None:
     data = home / "data"
     subprocess.run([sys.executable, str(DIGITS / "prepare_data.py"), str(data)], check=True, stdout=subprocess.DEVNULL)
     os.environ.update({"DLAAS_HOME": str(home), "DLAAS_SCHEDULER_VIRTUAL_GPUS": "1"})
-    started = platform.up(home)
+    platform.up(home)
     try:
-        client = gateway_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(started["api_gateway"].address))
+        client = gateway_pb2_grpc.TrainingServiceStub(platform.channel(home))
         grant = client.CreateDataGrant(
             gateway_pb2.CreateDataGrantRequest(
                 location=run_pb2.ObjectLocation(bucket="digits-data"), mode=gateway_pb2.DATA_ACCESS_MODE_WRITE

@@ -3,6 +3,10 @@
 `dlaas up` starts them (SQLite files, a local object store and the jobs of the local backend
 under DLAAS_HOME), `dlaas status` checks them, `dlaas down` stops them. Runners are not stopped
 by `down`: they outlive the services and report again when the platform is back.
+
+Credentials: the first `up` makes the platform's service token and admin key (DLAAS_HOME/
+secrets.json, mode 0600), and the account "default" (free tier) whose key, with the admin key,
+goes into the CLI's config file, so that `dlaas train` works at once.
 """
 
 from __future__ import annotations
@@ -17,16 +21,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dlaas import config
 from dlaas.procs import alive
+
+if TYPE_CHECKING:
+    import grpc
 
 SERVICES = ("metering", "storage", "scheduler", "api_gateway")
 _PREFIX = {"metering": "METERING", "storage": "STORAGE", "scheduler": "SCHEDULER", "api_gateway": "GATEWAY"}
 STATE_FILE = "platform.json"
-
-
-def home() -> Path:
-    return Path(os.environ.get("DLAAS_HOME", "~/.dlaas")).expanduser().resolve()
+SECRETS_FILE = "secrets.json"
+DEFAULT_ACCOUNT = "default"
+home = config.home
 
 
 @dataclass(frozen=True)
@@ -66,8 +74,9 @@ def read_state(root: Path | None = None) -> dict[str, ServiceProcess]:
 
 
 def gateway_address(root: Path | None = None) -> str | None:
-    if os.environ.get("DLAAS_ENDPOINT"):
-        return os.environ["DLAAS_ENDPOINT"]
+    configured = config.endpoint()
+    if configured:
+        return configured
     state = read_state(root)
     return state["api_gateway"].address if "api_gateway" in state else None
 
@@ -84,8 +93,22 @@ def healthy(address: str, timeout: float = 1.0) -> bool:
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def platform_secrets(root: Path) -> dict[str, str]:
+    """The platform's service token and admin key, made on first use, kept 0600 under `root`."""
+    from dlaas.credentials import new_api_key
+
+    path = root / SECRETS_FILE
+    if path.exists():
+        return {str(k): str(v) for k, v in config.read_config(path).items()}
+    secrets_ = {"service_token": new_api_key()[1], "admin_key": new_api_key()[1]}
+    config.update_config(secrets_, path)
+    return secrets_
+
+
 def service_env(root: Path, ports: dict[str, int], metrics: dict[str, int]) -> dict[str, dict[str, str]]:
-    """Each service's environment: its port, its SQLite file, its peers, the shared data dir."""
+    """Each service's environment: its port, its SQLite file, its peers, the shared data dir, the
+    platform's service token (and, for the gateway, the admin key it installs on start)."""
+    secrets_ = platform_secrets(root)
     peers = {
         "SCHEDULER_ADDRESS": f"127.0.0.1:{ports['scheduler']}",
         "STORAGE_ADDRESS": f"127.0.0.1:{ports['storage']}",
@@ -105,7 +128,10 @@ def service_env(root: Path, ports: dict[str, int], metrics: dict[str, int]) -> d
             env["OBJECTS_DIR"] = str(root / "objects")
         if name == "scheduler":
             env["JOBS_DIR"] = str(root / "jobs")
+        if name == "api_gateway":
+            env["BOOTSTRAP_ADMIN_KEY"] = secrets_["admin_key"]
         envs[name] = {prefix + key: value for key, value in env.items()}
+        envs[name]["DLAAS_SERVICE_TOKEN"] = secrets_["service_token"]
     return envs
 
 
@@ -133,7 +159,61 @@ def up(root: Path | None = None, timeout: float = 60.0) -> dict[str, ServiceProc
         except PlatformError:
             down(root)
             raise
+    ensure_default_account(root, started["api_gateway"].address)
     return started
+
+
+def ensure_default_account(root: Path, address: str, timeout: float = 30.0) -> None:
+    """Puts the platform's admin key and a working key of the account "default" in the CLI config.
+
+    Just started, the gateway may answer before its channels to the scheduler have connected
+    (UNAVAILABLE, passed on): try again until `timeout`.
+    """
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _ensure_default_account(root, address)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _ensure_default_account(root: Path, address: str) -> None:
+    import grpc
+
+    from dlaas.credentials import bearer, with_headers
+    from dlaas.gateway.v1 import accounts_pb2, accounts_pb2_grpc
+
+    admin_key = platform_secrets(root)["admin_key"]
+    values = {"admin_key": admin_key}
+    path = config.config_path(root)
+    if config.read_config(path).get("endpoint"):
+        return  # the config is for another platform (`dlaas login --endpoint`): its key stays as it is
+    current = config.read_config(path).get("api_key")
+    with grpc.insecure_channel(address) as raw:
+        if current:
+            try:
+                user = accounts_pb2_grpc.AccountServiceStub(with_headers(raw, bearer(str(current))))
+                user.GetAccount(accounts_pb2.GetAccountRequest(), timeout=10)
+                config.update_config(values, path)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                    raise
+        admin = accounts_pb2_grpc.AccountServiceStub(with_headers(raw, bearer(admin_key)))
+        try:
+            created = admin.CreateAccount(accounts_pb2.CreateAccountRequest(account_id=DEFAULT_ACCOUNT), timeout=10)
+            values["api_key"] = created.secret
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            request = accounts_pb2.CreateApiKeyRequest(parent=f"accounts/{DEFAULT_ACCOUNT}", description="dlaas up")
+            values["api_key"] = admin.CreateApiKey(request, timeout=10).secret
+    config.update_config(values, path)
 
 
 def restart(root: Path | None, name: str, timeout: float = 60.0) -> ServiceProcess:
@@ -213,3 +293,16 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def channel(root: Path | None = None, *, admin: bool = False) -> grpc.Channel:
+    """A blocking channel to the gateway of the platform under `root`, acting as its account
+    "default" (or with its admin key): what the CLI would use, for scripts and benchmarks."""
+    import grpc
+
+    from dlaas.credentials import bearer, with_headers
+
+    root = root or home()
+    keys = config.read_config(config.config_path(root))
+    address = read_state(root)["api_gateway"].address
+    return with_headers(grpc.insecure_channel(address), bearer(str(keys["admin_key" if admin else "api_key"])))

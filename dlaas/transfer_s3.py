@@ -94,9 +94,15 @@ class S3Location:
         return "/".join(parts)
 
 
-def client(location: S3Location, workers: int = DEFAULT_WORKERS) -> Any:
+# What a long transfer calls for the location's current credentials (renewed while it runs).
+Fresh = Callable[[], S3Location]
+
+
+def client(location: S3Location, workers: int = DEFAULT_WORKERS, fresh: Fresh | None = None) -> Any:
     import urllib3
     from minio import Minio
+    from minio.credentials.credentials import Credentials
+    from minio.credentials.providers import Provider
 
     split = urlsplit(location.endpoint)
     http = urllib3.PoolManager(
@@ -104,11 +110,28 @@ def client(location: S3Location, workers: int = DEFAULT_WORKERS) -> Any:
         timeout=urllib3.Timeout(connect=10, read=300),
         retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
+    if fresh is None:
+        return Minio(
+            split.netloc,
+            access_key=location.access_key_id,
+            secret_key=location.secret_access_key,
+            session_token=location.session_token or None,
+            secure=split.scheme == "https",
+            region=location.region or "us-east-1",
+            http_client=http,
+        )
+
+    current = fresh
+
+    class _Current(Provider):
+        # minio asks its provider before every request: renewed credentials apply mid-transfer.
+        def retrieve(self) -> Credentials:
+            now = current()
+            return Credentials(now.access_key_id, now.secret_access_key, now.session_token or None)
+
     return Minio(
         split.netloc,
-        access_key=location.access_key_id,
-        secret_key=location.secret_access_key,
-        session_token=location.session_token or None,
+        credentials=_Current(),
         secure=split.scheme == "https",
         region=location.region or "us-east-1",
         http_client=http,
@@ -278,20 +301,29 @@ def download_prefix(
     *,
     workers: int = DEFAULT_WORKERS,
     on_bytes: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    fresh: Fresh | None = None,
 ) -> TransferStats:
-    """Every object under the location's prefix into `dest` (a single object lands under its own name)."""
+    """Every object under the location's prefix into `dest` (a single object lands under its own name).
+
+    `on_total` gets the bytes to move once they are listed (files already there included).
+    """
     dest.mkdir(parents=True, exist_ok=True)
     if location.presigned:
         remotes = [
             _Remote(o.key, o.size, o.etag, dest / safe_relpath(_relative(location.prefix, o.key)))
             for o in location.objects
         ]
+        if on_total is not None:
+            on_total(sum(remote.size for remote in remotes))
         return _download(_SignedSource(location, workers), remotes, workers, serialized(on_bytes))
-    s3 = client(location, workers)
+    s3 = client(location, workers, fresh)
     try:
         remotes = list(_listing(s3, location, dest))
     except Exception as exc:
         raise _s3_failure("list", f"{location.bucket}/{location.prefix}", exc) from exc
+    if on_total is not None:
+        on_total(sum(remote.size for remote in remotes))
     return _download(_Source(s3, location.bucket), remotes, workers, serialized(on_bytes))
 
 
@@ -302,15 +334,29 @@ def _relative(prefix: str, key: str) -> str:
     return key[len(base) :]
 
 
-def download_object(location: S3Location, key: str, dest: Path, *, workers: int = DEFAULT_WORKERS) -> TransferStats:
+def download_object(
+    location: S3Location,
+    key: str,
+    dest: Path,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    on_bytes: Callable[[int], None] | None = None,
+    fresh: Fresh | None = None,
+) -> TransferStats:
     """One object, by key, to the file `dest`."""
-    s3 = client(location, workers)
+    if location.presigned:
+        signed = next((o for o in location.objects if o.key == key), None)
+        if signed is None:
+            raise TransferError(f"cannot read {location.bucket}/{key}: not in the grant")
+        remote = _Remote(key, signed.size, signed.etag, dest)
+        return _download(_SignedSource(location, workers), [remote], workers, serialized(on_bytes))
+    s3 = client(location, workers, fresh)
     try:
         stat = s3.stat_object(location.bucket, key)
     except Exception as exc:
         raise _s3_failure("read", f"{location.bucket}/{key}", exc) from exc
     remote = _Remote(key, stat.size or 0, (stat.etag or "").strip('"'), dest)
-    return _download(_Source(s3, location.bucket), [remote], workers, lambda count: None)
+    return _download(_Source(s3, location.bucket), [remote], workers, serialized(on_bytes))
 
 
 def _download(
@@ -325,6 +371,9 @@ def _download(
             pending.append(remote)
     small = [remote for remote in pending if remote.size <= PART_SIZE]
     large = [remote for remote in pending if remote.size > PART_SIZE]
+    # Folders made once here, not once per file in the workers.
+    for folder in sorted({remote.dest.parent for remote in pending}):
+        folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="s3-get") as pool:
         tasks: list[Future[None]] = [pool.submit(_fetch_whole, source, remote, progress) for remote in small]
         # Each chunk is one PART_SIZE part: its MD5, taken as it streams, spares re-reading the file.
@@ -342,8 +391,8 @@ def _download(
 
 def _fetch_whole(source: _Source | _SignedSource, remote: _Remote, progress: Callable[[int], None]) -> None:
     """A single-part object: one GET, checked in memory, written under a temporary name, renamed."""
-    remote.dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = _EtagDigest()
+    # At most PART_SIZE bytes: its ETag as a single part is the plain MD5.
+    digest = hashlib.md5(usedforsecurity=False)
     chunks: list[bytes] = []
     try:
         if remote.size:
@@ -360,7 +409,7 @@ def _fetch_whole(source: _Source | _SignedSource, remote: _Remote, progress: Cal
         raise
     except Exception as exc:
         raise _s3_failure("download", f"{source.bucket}/{remote.key}", exc) from exc
-    single = digest.etag()
+    single = digest.hexdigest()
     as_one_part = hashlib.md5(bytes.fromhex(single), usedforsecurity=False).hexdigest() + "-1"
     temp = remote.dest.with_name(remote.dest.name + _PART_SUFFIX)
     try:
@@ -387,7 +436,6 @@ def _chunk_fetchers(
     md5s: dict[int, bytes],
 ) -> list[Callable[[], None]]:
     """One task per missing chunk of `remote`, writing into its partial file."""
-    remote.dest.parent.mkdir(parents=True, exist_ok=True)
     part = remote.dest.with_name(remote.dest.name + _PART_SUFFIX)
     done_file = part.with_name(part.name + ".done")
     done: set[int] = set()
@@ -503,6 +551,7 @@ def upload_tree(
     *,
     workers: int = DEFAULT_WORKERS,
     on_bytes: Callable[[int], None] | None = None,
+    fresh: Fresh | None = None,
 ) -> TransferStats:
     """Every regular file under `src` to `<location prefix>/<relative_prefix>/<path>`, verified.
 
@@ -519,7 +568,7 @@ def upload_tree(
         if path.is_file():
             relative = path.relative_to(src).as_posix()
             files.append((path, location.key(f"{relative_prefix.strip('/')}/{relative}".lstrip("/"))))
-    s3 = client(location, workers)
+    s3 = client(location, workers, fresh)
     base = location.key(relative_prefix.strip("/"))
     there: dict[str, tuple[int, str]] = {}
     try:
@@ -545,13 +594,16 @@ def upload_tree(
     return stats
 
 
-def upload_file(path: Path, location: S3Location, key: str, *, workers: int = DEFAULT_WORKERS) -> TransferStats:
+def upload_file(
+    path: Path, location: S3Location, key: str, *, workers: int = DEFAULT_WORKERS, fresh: Fresh | None = None
+) -> TransferStats:
     """One file to `key` (a full key), verified."""
     stats = TransferStats()
     if location.presigned:
         stats.add(*_post(_post_pool(workers), location, path, key, lambda count: None))
         return stats
-    stats.add(*_put(client(location, workers), location.bucket, path, key, None, workers, lambda count: None))
+    s3 = client(location, workers, fresh)
+    stats.add(*_put(s3, location.bucket, path, key, None, workers, lambda count: None))
     return stats
 
 

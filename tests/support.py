@@ -12,7 +12,7 @@ import sys
 import tarfile
 import textwrap
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +21,35 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import SecretStr
 
-from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from dlaas.credentials import aio_interceptors, bearer
+from dlaas.gateway.v1 import accounts_pb2, accounts_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from dlaas.platform import healthy
 from dlaas.procs import alive
 from dlaas.types.v1 import run_pb2
 from services.api_gateway.app import build_server as build_gateway
+from services.api_gateway.domain.keys import new_key
 from services.api_gateway.settings import GatewaySettings
-from services.common.server import Service
+from services.common.clients import open_channel
+from services.common.server import CHANNEL_OPTIONS, Service
+from services.common.settings import ServiceCredentials
 from services.metering.app import build_server as build_metering
 from services.metering.settings import MeteringSettings
 from services.scheduler.app import build_server as build_scheduler
 from services.scheduler.settings import DEFAULT_TIERS, SchedulerSettings, Tier
 from services.storage.app import build_server as build_storage
 from services.storage.settings import StorageSettings
+
+# ---- the platform's service token: every service started by a test (in this process or as a
+# child process, which inherits the environment) shares it, as `dlaas up` arranges ------------
+SERVICE_TOKEN = os.environ.setdefault("DLAAS_SERVICE_TOKEN", "test-service-" + uuid.uuid4().hex)
+
+
+def service_channel(address: str) -> grpc.aio.Channel:
+    """A channel to an internal service, as another of our services opens it."""
+    return open_channel(address, ServiceCredentials(SecretStr(SERVICE_TOKEN)))
+
 
 # ---- tracing: one in-memory exporter for every service started in this process -------------
 
@@ -49,7 +64,11 @@ trace.set_tracer_provider(_provider)
 
 @dataclass
 class Platform:
-    """The four real services, started as `dlaas up` would, but inside the test process."""
+    """The four real services, started as `dlaas up` would, but inside the test process.
+
+    `channel` and `client` act as the account "default" (free tier); `account_channel` makes
+    another account and a channel acting as it; `admin` is a channel with the admin key.
+    """
 
     metering: Service
     storage: Service
@@ -58,20 +77,53 @@ class Platform:
     channel: grpc.aio.Channel
     objects_dir: Path
     jobs_dir: Path
+    key: str
+    admin: grpc.aio.Channel
+    _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @property
     def client(self) -> gateway_pb2_grpc.TrainingServiceAsyncStub:
         return gateway_pb2_grpc.TrainingServiceStub(self.channel)
 
+    async def account_channel(self, account: str, tier: str = "free") -> grpc.aio.Channel:
+        channel = gateway_channel(self.gateway.address, await create_account(self.admin, account, tier))
+        self._channels.append(channel)
+        return channel
+
     async def stop(self) -> None:
-        await self.channel.close()
+        for channel in (self.channel, self.admin, *self._channels):
+            await channel.close()
         for service in (self.gateway, self.scheduler, self.storage, self.metering):
             await service.stop(0)
 
 
+# One admin key for every gateway a test starts; each gateway installs it on start.
+ADMIN_KEY = new_key().secret
+
+
+def gateway_channel(address: str, key: str) -> grpc.aio.Channel:
+    """A channel to the gateway whose every call carries `key`, as the CLI sends it."""
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=aio_interceptors(bearer(key)))
+
+
+async def create_account(admin: grpc.aio.Channel, account: str, tier: str = "free") -> str:
+    """Creates `account` through the admin API; returns its API key."""
+    created = await accounts_pb2_grpc.AccountServiceStub(admin).CreateAccount(
+        accounts_pb2.CreateAccountRequest(account_id=account, tier=tier)
+    )
+    return created.secret
+
+
 async def start_platform(
-    databases: Any, root: Path, *, virtual_gpus: int = 2, tiers: dict[str, Tier] | None = None
+    databases: Any,
+    root: Path,
+    *,
+    virtual_gpus: int = 2,
+    tiers: dict[str, Tier] | None = None,
+    gateway: dict[str, Any] | None = None,
+    scheduler_settings: dict[str, Any] | None = None,
 ) -> Platform:
+    """`gateway`, `scheduler_settings`: GatewaySettings, SchedulerSettings fields to set (rate limits, the backend)."""
     objects_dir, jobs_dir = root / "objects", root / "jobs"
     metering = await build_metering(MeteringSettings(database_url=databases.url("metering")))
     await metering.start()
@@ -86,26 +138,28 @@ async def start_platform(
             gpu_discovery="virtual",
             virtual_gpus=virtual_gpus,
             tiers=tiers or dict(DEFAULT_TIERS),
+            **(scheduler_settings or {}),
         )
     )
     await scheduler.start()
-    gateway = await start_gateway(databases, scheduler.address, storage.address, metering.address)
-    channel = grpc.aio.insecure_channel(gateway.address)
-    return Platform(metering, storage, scheduler, gateway, channel, objects_dir, jobs_dir)
+    front = await start_gateway(databases, scheduler.address, storage.address, metering.address, **(gateway or {}))
+    admin = gateway_channel(front.address, ADMIN_KEY)
+    key = await create_account(admin, "default", "free")
+    channel = gateway_channel(front.address, key)
+    return Platform(metering, storage, scheduler, front, channel, objects_dir, jobs_dir, key, admin)
 
 
-async def start_gateway(
-    databases: Any, scheduler: str, storage: str, metering: str, *, account: str = "default", tier: str = "free"
-) -> Service:
-    """A gateway whose callers act as `account` (one per account until API keys exist)."""
+async def start_gateway(databases: Any, scheduler: str, storage: str, metering: str, **settings: Any) -> Service:
+    """A gateway that knows the admin key ADMIN_KEY (`create_account` makes the others); `database_url`
+    set: on that database (a restart), else on a new one."""
     gateway = await build_gateway(
         GatewaySettings(
-            database_url=databases.url(f"gateway_{account}"),
+            database_url=settings.pop("database_url", None) or databases.url("gateway"),
             scheduler_address=scheduler,
             storage_address=storage,
             metering_address=metering,
-            default_account=account,
-            default_tier=tier,
+            bootstrap_admin_key=SecretStr(ADMIN_KEY),
+            **settings,
         )
     )
     await gateway.start()

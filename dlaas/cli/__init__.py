@@ -6,10 +6,21 @@ Each subject has its module; importing it registers its verbs on the `cli` group
 
 from __future__ import annotations
 
-from dlaas.cli import cluster, connections, data, platform_cmds, runs, usage
+from dlaas.cli import accounts, cluster, connections, data, experiments, platform_cmds, runs, usage
 from dlaas.cli.app import cli
 
-__all__ = ["cli", "cluster", "connections", "data", "main", "platform_cmds", "runs", "usage"]
+__all__ = [
+    "accounts",
+    "cli",
+    "cluster",
+    "connections",
+    "data",
+    "experiments",
+    "main",
+    "platform_cmds",
+    "runs",
+    "usage",
+]
 
 
 def main() -> None:

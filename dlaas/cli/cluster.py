@@ -20,7 +20,7 @@ def _admin() -> Any:
     from dlaas.cli.client import channel
     from dlaas.gateway.v1 import cluster_pb2_grpc
 
-    return cluster_pb2_grpc.AdminServiceStub(channel())
+    return cluster_pb2_grpc.AdminServiceStub(channel(admin=True))
 
 
 @cli.command()
@@ -84,7 +84,7 @@ def nodes(output: str) -> None:
 
 @cli.group()
 def admin() -> None:
-    """Operator actions: tiers of accounts, draining nodes."""
+    """Operator actions (they need an admin key): accounts and their tiers, draining nodes."""
 
 
 @admin.group("accounts")

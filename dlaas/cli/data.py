@@ -1,8 +1,15 @@
-"""Data in the object store: upload, ls; and the transfer with a progress bar that download uses too."""
+"""Data in the object store: upload, ls, rm; and the transfers with a progress bar that download uses too.
+
+Whatever the store, the CLI moves bytes with a grant the gateway asks the storage service for: a
+path on the platform's local store, temporary S3 credentials scoped to the location, or presigned
+URLs. It never sees a connection's own keys.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,53 +17,145 @@ import click
 
 from dlaas.cli.app import OUTPUT, cli
 
-_S3_NOT_YET = (
-    "this location is on an S3 connection: `dlaas data` and `dlaas download` reach the platform's own store "
-    "only for now; use the store's own tools (runs read and write it themselves)"
+CONNECTION = click.option(
+    "--connection",
+    default="",
+    metavar="NAME",
+    help="A registered S3 connection (`dlaas connections ls`); default: the platform's own store.",
 )
 
 
-def transfer_tree(source: Path, target: Path, label: str) -> None:
+@contextmanager
+def progress_bar(label: str, total: int | None) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A rich progress bar on a terminal (bytes, rate, ETA); (advance, set_total) callbacks."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    from dlaas import transfer
-
-    if label.startswith("download") and not source.is_absolute():
-        # A grant on the local store is an absolute path; anything else is a grant on an S3 connection.
-        raise click.ClickException(_S3_NOT_YET)
-    if not source.is_dir():
-        raise click.ClickException(f"nothing to {label}: {source} does not exist")
-    total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=not sys.stderr.isatty(), disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task(label, total=total)
+        yield (lambda n: progress.advance(task, n)), (lambda n: progress.update(task, total=n))
+
+
+def _summary(label: str, stats: Any, target: str) -> str:
+    return f"{label}: {stats.files} file(s), {stats.bytes} bytes to {target}" + (
+        f" ({stats.skipped} already there)" if stats.skipped else ""
+    )
+
+
+def transfer_tree(source: Path, target: Path, label: str) -> None:
+    """A tree of files between this machine and the platform's local store, verified."""
+    from dlaas import transfer
+
+    if not source.is_dir():
+        raise click.ClickException(f"nothing to {label}: {source} does not exist")
+    total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    with progress_bar(label, total) as (advance, _):
         try:
-            stats = transfer.copy_tree(source, target, verify=True, on_bytes=lambda n: progress.advance(task, n))
+            stats = transfer.copy_tree(source, target, verify=True, on_bytes=advance)
         except transfer.TransferError as exc:
             raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"{label}: {stats.files} file(s), {stats.bytes} bytes to {target}"
-        + (f" ({stats.skipped} already there)" if stats.skipped else "")
+    click.echo(_summary(label, stats, str(target)))
+
+
+def s3_location(grant: Any) -> Any:
+    """The transfers' S3Location for a DataGrant on an S3 connection (credentials or presigned URLs)."""
+    from dlaas.transfer_s3 import PresignedGet, S3Location
+
+    expire_ms = grant.expire_time.ToMilliseconds()
+    if grant.HasField("presigned"):
+        signed = grant.presigned
+        return S3Location(
+            endpoint=signed.endpoint,
+            region="",
+            bucket=signed.bucket,
+            prefix=signed.prefix,
+            expire_ms=expire_ms,
+            presigned=True,
+            objects=tuple(PresignedGet(o.key, o.size_bytes, o.etag, o.url) for o in signed.objects),
+            post_url=signed.post_url,
+            post_fields=tuple(sorted(signed.post_fields.items())),
+        )
+    s3 = grant.s3
+    return S3Location(
+        endpoint=s3.endpoint,
+        region=s3.region,
+        bucket=s3.bucket,
+        prefix=s3.prefix,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+        session_token=s3.session_token,
+        expire_ms=expire_ms,
     )
+
+
+def upload_to_grant(directory: Path, grant: Any, label: str) -> None:
+    """DIRECTORY to the grant's location: parallel (multipart for large files), verified, skipping files there."""
+    from dlaas import transfer, transfer_s3
+
+    if grant.HasField("local"):
+        transfer_tree(directory, Path(grant.local.path), label)
+        return
+    location = s3_location(grant)
+    total = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    with progress_bar(label, total) as (advance, _):
+        try:
+            stats = transfer_s3.upload_tree(directory, location, on_bytes=advance)
+        except transfer.TransferError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(_summary(label, stats, f"{location.bucket}/{location.prefix}".rstrip("/")))
+
+
+def download_from_grant(grant: Any, target: Path, label: str) -> None:
+    """Everything under the grant's location into TARGET: parallel ranged GETs, verified, resumable."""
+    from dlaas import transfer, transfer_s3
+
+    if grant.HasField("local"):
+        transfer_tree(Path(grant.local.path), target, label)
+        return
+    location = s3_location(grant)
+    with progress_bar(label, None) as (advance, set_total):
+        try:
+            stats = transfer_s3.download_prefix(location, target, on_bytes=advance, on_total=set_total)
+        except transfer.TransferError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(_summary(label, stats, str(target)))
+
+
+def download_file_from_grant(grant: Any, target: Path, label: str) -> None:
+    """The single object a grant names (its location's prefix is the key) to the file TARGET."""
+    from dlaas import transfer, transfer_s3
+
+    with progress_bar(label, None) as (advance, _):
+        try:
+            if grant.HasField("local"):
+                stats = transfer.copy_file(Path(grant.local.path), target, verify=True, on_bytes=advance)
+            else:
+                location = s3_location(grant)
+                stats = transfer_s3.download_object(location, location.prefix, target, on_bytes=advance)
+        except transfer.TransferError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"{label}: {stats.bytes or target.stat().st_size} bytes to {target}")
 
 
 @cli.group()
 def data() -> None:
-    """Your data in the object store."""
+    """Your data in the object store (the platform's, or an S3 connection's with --connection)."""
 
 
-def _location(dest: str) -> Any:
+def _location(dest: str, connection: str = "") -> Any:
     from dlaas.types.v1 import run_pb2
 
     bucket, _, prefix = dest.partition("/")
-    return run_pb2.ObjectLocation(bucket=bucket, prefix=prefix.strip("/"))
+    return run_pb2.ObjectLocation(connection=connection, bucket=bucket, prefix=prefix.strip("/"))
 
 
 @data.command("upload")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("dest")
-def data_upload(directory: Path, dest: str) -> None:
-    """Upload DIRECTORY to BUCKET[/PREFIX]; files already there (same size and checksum) are skipped."""
+@CONNECTION
+def data_upload(directory: Path, dest: str, connection: str) -> None:
+    """Upload DIRECTORY to BUCKET[/PREFIX]: in parallel, large files in parts, each verified; files
+    already there with the same size and checksum are skipped."""
     import grpc
 
     from dlaas.cli.client import fail, stub
@@ -64,19 +163,20 @@ def data_upload(directory: Path, dest: str) -> None:
 
     try:
         grant = stub().CreateDataGrant(
-            gateway_pb2.CreateDataGrantRequest(location=_location(dest), mode=gateway_pb2.DATA_ACCESS_MODE_WRITE)
+            gateway_pb2.CreateDataGrantRequest(
+                location=_location(dest, connection), mode=gateway_pb2.DATA_ACCESS_MODE_WRITE
+            )
         )
     except grpc.RpcError as exc:
         fail(exc)
-    if not grant.HasField("local"):
-        raise click.ClickException(_S3_NOT_YET)
-    transfer_tree(directory, Path(grant.local.path), f"upload to {dest}")
+    upload_to_grant(directory, grant, f"upload to {dest}")
 
 
 @data.command("ls")
 @click.argument("location")
+@CONNECTION
 @OUTPUT
-def data_ls(location: str, output: str) -> None:
+def data_ls(location: str, connection: str, output: str) -> None:
     """List objects under BUCKET[/PREFIX]."""
     import grpc
 
@@ -84,14 +184,56 @@ def data_ls(location: str, output: str) -> None:
     from dlaas.cli.client import fail, stub
     from dlaas.gateway.v1 import gateway_pb2
 
+    objects: list[Any] = []
+    page_token = ""
     try:
-        response = stub().ListObjects(gateway_pb2.ListObjectsRequest(location=_location(location)))
+        while True:
+            response = stub().ListObjects(
+                gateway_pb2.ListObjectsRequest(location=_location(location, connection), page_token=page_token)
+            )
+            objects.extend(response.objects)
+            page_token = response.next_page_token
+            if not page_token:
+                break
     except grpc.RpcError as exc:
         fail(exc)
     if output == "json":
-        render.emit_json(response)
+        render.emit_json(gateway_pb2.ListObjectsResponse(objects=objects))
         return
     render.table(
         ["KEY", "SIZE", "SHA256", "UPDATED"],
-        [[o.key, o.size_bytes, o.sha256[:12], render.when(o.update_time)] for o in response.objects],
+        [[o.key, o.size_bytes, o.sha256[:12], render.when(o.update_time)] for o in objects],
     )
+
+
+@data.command("rm")
+@click.argument("location")
+@CONNECTION
+@click.option("--yes", is_flag=True, help="Delete without asking (needed when not on a terminal).")
+def data_rm(location: str, connection: str, yes: bool) -> None:
+    """Delete every object under BUCKET[/PREFIX] ("data" covers data and data/…, not data-old/…)."""
+    import grpc
+
+    from dlaas.cli.client import fail, stub
+    from dlaas.gateway.v1 import gateway_pb2
+
+    where = _location(location, connection)
+    try:
+        if not yes:
+            counted = stub().PurgeObjects(gateway_pb2.PurgeObjectsRequest(location=where, force=False))
+            if not counted.purge_count:
+                click.echo(f"nothing under {location}")
+                return
+            shown = "\n".join(f"  {key}" for key in counted.purge_sample[:10])
+            more = counted.purge_count - min(10, len(counted.purge_sample))
+            click.echo(
+                f"{counted.purge_count} object(s) under {location}:\n{shown}"
+                + (f"\n  … {more} more" if more > 0 else "")
+            )
+            if not sys.stdin.isatty():
+                raise click.ClickException("not deleted: pass --yes to delete without asking")
+            click.confirm(f"Delete these {counted.purge_count} object(s)?", abort=True)
+        purged = stub().PurgeObjects(gateway_pb2.PurgeObjectsRequest(location=where, force=True))
+    except grpc.RpcError as exc:
+        fail(exc)
+    click.echo(f"deleted {purged.purge_count} object(s) under {location}")

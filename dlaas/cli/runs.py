@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from dlaas.cli.app import OUTPUT, cli
-from dlaas.cli.data import transfer_tree
+from dlaas.cli.data import download_file_from_grant, download_from_grant
 
 
 def _pack(code_dir: Path) -> bytes:
@@ -241,15 +241,26 @@ def cancel(run: str, output: str) -> None:
 @click.argument("run")
 @click.option("--to", "target", type=click.Path(path_type=Path), default=None, help="Directory (default ./RUN).")
 def download(run: str, target: Path | None) -> None:
-    """Download a run's results and logs."""
+    """Download a run's results, its logs (under logs/) and the model code it was submitted with
+    (code/model.tar.gz), from the platform's store or the run's S3 connection; a rerun fetches
+    only what is missing or changed."""
     import grpc
 
     from dlaas.cli.client import fail, stub
     from dlaas.gateway.v1 import gateway_pb2
 
+    client = stub()
     try:
-        grant = stub().CreateRunResultsGrant(gateway_pb2.CreateRunResultsGrantRequest(name=run))
+        grant = client.CreateRunResultsGrant(gateway_pb2.CreateRunResultsGrantRequest(name=run))
     except grpc.RpcError as exc:
         fail(exc)
     target = target or Path(run.rsplit("/", 1)[-1])
-    transfer_tree(Path(grant.local.path), target, f"download {run}")
+    download_from_grant(grant, target, f"download {run}")
+    try:
+        code = client.CreateRunCodeGrant(gateway_pb2.CreateRunCodeGrantRequest(name=run))
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            fail(exc)
+        click.echo(f"{run} was submitted without model code")
+        return
+    download_file_from_grant(code, target / "code" / "model.tar.gz", "model code")

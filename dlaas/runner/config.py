@@ -81,6 +81,12 @@ class RunnerConfig:
     code_s3: S3Location | None = None
     data_s3: S3Location | None = None
     results_s3: S3Location | None = None
+    # The storage grant behind the S3 locations (accounts/…/grants/…) and where to renew it with the
+    # run token; "" for a run on the platform's local store only.
+    grant: str = ""
+    storage_address: str = ""
+    # 1-based, as LEARNER_ID: which of `num_learners` learners of a gang this runner is.
+    learner_id: int = 1
 
     @property
     def dirs(self) -> JobDirs:
@@ -104,12 +110,15 @@ class RunnerConfig:
             "python_bin_dir": self.python_bin_dir,
             "gpu_indices": list(self.gpu_indices),
             "num_learners": self.num_learners,
+            "learner_id": self.learner_id,
             "environment": dict(self.environment),
             "job_dir": str(self.job_dir),
             **{key: str(value) if value is not None else None for key, value in optional.items()},
             **{key: value.to_dict() if value is not None else None for key, value in s3.items()},
             "max_runtime_s": self.max_runtime_s,
             "trace_carrier": dict(self.trace_carrier),
+            "grant": self.grant,
+            "storage_address": self.storage_address,
         }
 
     def write(self, path: Path) -> Path:
@@ -148,6 +157,7 @@ class RunnerConfig:
             python_bin_dir=fields.text("python_bin_dir", allow_empty=True, default=""),
             gpu_indices=fields.gpu_indices("gpu_indices"),
             num_learners=fields.positive_int("num_learners", default=1),
+            learner_id=fields.positive_int("learner_id", default=1),
             environment=fields.string_map("environment"),
             job_dir=fields.absolute_path("job_dir"),
             code_archive_path=fields.optional_absolute_path("code_archive_path"),
@@ -160,6 +170,8 @@ class RunnerConfig:
             code_s3=fields.s3_location("code_s3"),
             data_s3=fields.s3_location("data_s3"),
             results_s3=results_s3,
+            grant=fields.text("grant", allow_empty=True, default=""),
+            storage_address=fields.text("storage_address", allow_empty=True, default=""),
         )
 
 

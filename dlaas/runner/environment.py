@@ -33,8 +33,10 @@ def build_child_env(config: RunnerConfig, base_env: Mapping[str, str]) -> dict[s
             "TRAINING_ID": config.run_id,
             "GPU_COUNT": str(len(config.gpu_indices)),
             "NUM_LEARNERS": str(config.num_learners),
-            "LEARNER_ID": "1",
+            "LEARNER_ID": str(config.learner_id),
             "CUDA_VISIBLE_DEVICES": ",".join(str(index) for index in config.gpu_indices),
+            # NVML numbers GPUs by PCI bus; CUDA's default order (fastest first) can differ.
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -20,7 +20,9 @@ from dlaas import transfer, transfer_s3
 from dlaas.runner import staging
 from dlaas.runner.config import RunnerConfig
 from dlaas.runner.environment import build_child_env
+from dlaas.runner.grant import GrantKeeper
 from dlaas.runner.logfile import TrainingLog, files_phrase, human_size, tail_lines
+from dlaas.runner.metrics import MetricsSender, write_parameters_file
 from dlaas.runner.process import Command, Waker, become_subreaper
 from dlaas.runner.reporter import TERMINAL_RETRY, Reporter
 from dlaas.runner.state import Progress, StateFile
@@ -107,6 +109,13 @@ class Runner:
         self._log: TrainingLog
         self._state_file = StateFile(self.dirs.state_file, config.attempt)
         self._reporter = Reporter(config, self._state_file, self._waker.wake)
+        self._grant = GrantKeeper(
+            {"code": config.code_s3, "data": config.data_s3, "results": config.results_s3},
+            grant=config.grant,
+            storage_address=config.storage_address,
+            run_token=config.run_token,
+        )
+        self._metrics: MetricsSender | None = None
 
     # --- the attempt ---------------------------------------------------------------------
 
@@ -122,6 +131,7 @@ class Runner:
             self._waker.close()
             return 1
         self._reporter.start()
+        self._grant.start()
         try:
             return self._run_phases()
         except RunTakenAway as exc:
@@ -135,6 +145,7 @@ class Runner:
                 run_pb2.RUN_STATE_FAILED, run_pb2.TERMINATION_REASON_INFRASTRUCTURE, f"runner error: {exc}"
             )
         finally:
+            self._grant.close()
             self._reporter.close()
             self._waker.close()
             self._log.close()
@@ -176,6 +187,7 @@ class Runner:
             )
         self._enter(run_pb2.RUN_STATE_RUNNING)
         exit_code = self._wait_for_command()
+        self._stop_metrics()
         self._check_taken_away()
         self._enter(run_pb2.RUN_STATE_UPLOADING, exit_code=exit_code)
         summary, upload_error = self._upload()
@@ -195,9 +207,11 @@ class Runner:
         for folder in (dirs.model, dirs.results, dirs.logs, dirs.checkpoints):
             folder.mkdir(parents=True, exist_ok=True)
         code_archive = self.config.code_archive_path
-        if self.config.code_s3 is not None:
+        self._grant.ensure()
+        code_s3 = self._grant.get("code")
+        if code_s3 is not None:
             code_archive = dirs.job / "model.tar.gz"
-            transfer_s3.download_object(self.config.code_s3, self.config.code_s3.prefix, code_archive)
+            transfer_s3.download_object(code_s3, code_s3.prefix, code_archive, fresh=self._grant.fresh("code"))
         if code_archive is not None:
             began = time.monotonic()
             extracted = staging.extract_code_archive(code_archive, dirs.model)
@@ -206,8 +220,9 @@ class Runner:
                 f" in {time.monotonic() - began:.2f} s"
             )
         began = time.monotonic()
-        if self.config.data_s3 is not None:
-            staged = transfer_s3.download_prefix(self.config.data_s3, dirs.data)
+        data_s3 = self._grant.get("data")
+        if data_s3 is not None:
+            staged = transfer_s3.download_prefix(data_s3, dirs.data, fresh=self._grant.fresh("data"))
         else:
             staged = staging.stage_data(self.config.data_path, dirs.data)
         if self.config.data_path is not None or self.config.data_s3 is not None:
@@ -219,7 +234,10 @@ class Runner:
             )
 
     def _start_command(self) -> None:
-        env = build_child_env(self.config, self._base_env)
+        env = build_child_env(self.config, self._base_env) | write_parameters_file(self.config)
+        if self.config.learner_id == 1:  # one learner speaks for the run, as rank 0 does
+            self._metrics = MetricsSender(self.config, self.dirs.training_log, self.dirs.logs)
+            self._metrics.start()
         self._command = Command(self.config.command, cwd=self.dirs.model, env=env, log_fd=self._log.fileno())
         self._state_file.set_command_pgid(self._command.pgid)
 
@@ -244,6 +262,12 @@ class Runner:
         self._log_end = self._log.size()
         return exit_code
 
+    def _stop_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.stop()
+            self._log.line(f"sent {self._metrics.points_sent} metric points")
+            self._metrics = None
+
     def _upload(self) -> tuple[str, str | None]:
         """Upload results and logs; (summary, error). training.log goes last, once, so it
         holds the upload line (the log itself is not counted in it)."""
@@ -252,6 +276,7 @@ class Runner:
         try:
             for folder in (dirs.results, dirs.logs):
                 folder.mkdir(parents=True, exist_ok=True)
+            self._grant.ensure()
             results = self._upload_tree(dirs.results, "")
             logs = self._upload_tree(dirs.logs, "logs")
             files = results.files + logs.files
@@ -268,15 +293,17 @@ class Runner:
         return summary, None
 
     def _upload_tree(self, folder: Path, under: str) -> transfer.TransferStats:
-        if self.config.results_s3 is not None:
-            return transfer_s3.upload_tree(folder, self.config.results_s3, under)
+        results_s3 = self._grant.get("results")
+        if results_s3 is not None:
+            return transfer_s3.upload_tree(folder, results_s3, under, fresh=self._grant.fresh("results"))
         assert self.config.results_path is not None
         return transfer.copy_tree(folder, self.config.results_path / under if under else self.config.results_path)
 
     def _upload_training_log(self) -> None:
-        if self.config.results_s3 is not None:
-            key = self.config.results_s3.key("logs/training.log")
-            transfer_s3.upload_file(self.dirs.training_log, self.config.results_s3, key)
+        results_s3 = self._grant.get("results")
+        if results_s3 is not None:
+            key = results_s3.key("logs/training.log")
+            transfer_s3.upload_file(self.dirs.training_log, results_s3, key, fresh=self._grant.fresh("results"))
             return
         assert self.config.results_path is not None
         transfer.copy_file(self.dirs.training_log, self.config.results_path / "logs" / "training.log", verify=True)

@@ -75,6 +75,10 @@ class ResourceExhausted(DomainError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
 
+    def __init__(self, message: str, retry_delay_s: float | None = None, **kwargs: object):
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_delay_s = retry_delay_s
+
 
 class Unavailable(DomainError):
     code = grpc.StatusCode.UNAVAILABLE

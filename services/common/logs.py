@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from opentelemetry import trace
 
 _run_id: contextvars.ContextVar[str] = contextvars.ContextVar("dlaas_run_id", default="")
+_account: contextvars.ContextVar[str] = contextvars.ContextVar("dlaas_account", default="")
 
 
 @contextmanager
@@ -30,6 +31,11 @@ def bind_run(run: str) -> None:
     _run_id.set(run)
 
 
+def bind_account(account: str) -> None:
+    """Binds the account a call acts for, for the rest of the current task."""
+    _account.set(account)
+
+
 class _ContextFilter(logging.Filter):
     def __init__(self, service: str):
         super().__init__()
@@ -38,6 +44,7 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self.service
         record.run = _run_id.get()
+        record.account = _account.get()
         span = trace.get_current_span().get_span_context()
         record.trace_id = format(span.trace_id, "032x") if span.is_valid else ""
         return True
@@ -52,7 +59,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("run", "trace_id"):
+        for key in ("account", "run", "trace_id"):
             value = getattr(record, key, "")
             if value:
                 entry[key] = value

@@ -34,10 +34,25 @@ class SchedulerSettings(ServiceSettings):
 
     database_url: str = "sqlite:///dlaas-scheduler.db"
     storage_address: str = "127.0.0.1:50053"
+    # Where runners renew their grants; empty: storage_address. Under mutual TLS, storage's
+    # plaintext port (runners have no certificate).
+    runner_storage_address: str = ""
     metering_address: str = "127.0.0.1:50054"
     # Address runners call back on; empty means 127.0.0.1:<bound port>.
     callback_address: str = ""
-    backend: Literal["local"] = "local"
+    # "local": runners are processes of this machine; "kubernetes": pods our scheduler binds (docs/kubernetes.md).
+    backend: Literal["local", "kubernetes"] = "local"
+    # The API server; empty: the in-cluster service account, else the kubeconfig.
+    kubernetes_api_url: str = ""
+    kubernetes_namespace: str = "dlaas-runs"
+    # Pods carry schedulerName set to this: no other scheduler places them.
+    kubernetes_scheduler_name: str = "dlaas-scheduler"
+    # The runner image per "framework:version" or "framework" (JSON); others are refused at submission.
+    kubernetes_images: dict[str, str] = Field(
+        default_factory=lambda: {"python": "dlaas/runner:latest", "pytorch": "dlaas/runner-pytorch:2.13"}
+    )
+    # Seconds a cancelled run's runner has to stop its command and upload before it is killed.
+    kubernetes_termination_grace_s: int = Field(default=300, ge=0)
     # Where the local backend keeps each run's working directory.
     jobs_dir: str = "jobs"
     # GPUs: "auto" uses NVML when it finds GPUs, else `virtual_gpus` CPU-backed slots.

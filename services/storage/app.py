@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
+from services.common.auth import service_guard
 from services.common.db import create_engine, migrate, session_factory
 from services.common.server import Service, new_service
 from services.common.timeutil import now_ms
@@ -20,12 +21,16 @@ from services.storage.settings import StorageSettings
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VERSION_TABLE = "storage_alembic_version"
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+# A runner renews its grant with its run token (checked by the broker), not the service token.
+RUNNER_METHODS = frozenset({f"/{SERVICE_NAME}/RenewGrant"})
 
 
 async def build_server(settings: StorageSettings) -> Service:
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate, settings.database_url, MIGRATIONS_DIR, VERSION_TABLE)
-    service = new_service("storage", settings, [SERVICE_NAME])
+    service = new_service(
+        "storage", settings, [SERVICE_NAME], service_guard(settings, "storage", RUNNER_METHODS), mutual_tls=True
+    )
     engine = create_engine(settings.database_url)
     service.on_stop.append(engine.dispose)
     keys = await asyncio.to_thread(key_ring, settings)
@@ -36,7 +41,7 @@ async def build_server(settings: StorageSettings) -> Service:
         max_grant_ttl_s=settings.max_grant_ttl_s,
         clock=now_ms,
         connections=SqlConnectionRepository(sessions, keys),
-        open_store=S3ObjectStore,
+        open_store=lambda connection: S3ObjectStore(connection, session_s=settings.grant_session_s),
     )
     storage_pb2_grpc.add_StorageServiceServicer_to_server(StorageServicer(broker), service.server)
     return service

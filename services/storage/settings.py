@@ -19,6 +19,9 @@ class StorageSettings(ServiceSettings):
     # The longest grant the broker issues.
     # Long enough for the longest tier (premium: 7 days) plus the scheduler's margin.
     max_grant_ttl_s: int = Field(default=8 * 86400, gt=0)
+    # The longest one set of a grant's S3 credentials (or presigned URLs) lasts; a runner renews its
+    # grant (RenewGrant) before then. STS sessions last at most 12 h.
+    grant_session_s: int = Field(default=12 * 3600, gt=0, le=12 * 3600)
     # The AES-256 key that seals connection secrets at rest, as base64 or hex. Else read from
     # encryption_key_file; else that file (default: beside objects_dir) is created with a new key.
     encryption_key: SecretStr | None = None

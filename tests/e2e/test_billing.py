@@ -50,7 +50,7 @@ def billing(platform: Platform) -> billing_pb2_grpc.BillingServiceAsyncStub:
 
 async def dlaas(platform: Platform, *args: str) -> str:
     """The CLI as its own process, against the in-process platform's gateway."""
-    env = {**os.environ, "DLAAS_ENDPOINT": platform.gateway.address}
+    env = {**os.environ, "DLAAS_ENDPOINT": platform.gateway.address, "DLAAS_API_KEY": platform.key}
     process = await asyncio.create_subprocess_exec(
         DLAAS, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )

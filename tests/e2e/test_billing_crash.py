@@ -19,9 +19,18 @@ import grpc
 import pytest
 
 from dlaas import platform
-from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from dlaas.config import config_path, read_config
+from dlaas.gateway.v1 import cluster_pb2, cluster_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from dlaas.types.v1 import run_pb2
-from tests.support import TERMINAL, assert_billed_exactly, attempt_intervals, closed_usage_records, manifest, submit
+from tests.support import (
+    TERMINAL,
+    assert_billed_exactly,
+    attempt_intervals,
+    closed_usage_records,
+    gateway_channel,
+    manifest,
+    submit,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -92,13 +101,18 @@ async def test_kill_9_of_metering_and_the_scheduler_loses_no_usage_and_doubles_n
     seed = int(os.environ.get("DLAAS_TEST_SEED") or random.randrange(1 << 32))
     print(f"DLAAS_TEST_SEED={seed}")
     rng = random.Random(seed)
-    monkeypatch.setenv("DLAAS_GATEWAY_DEFAULT_TIER", "standard")
     monkeypatch.setenv("DLAAS_SCHEDULER_GPU_DISCOVERY", "virtual")
     monkeypatch.setenv("DLAAS_SCHEDULER_VIRTUAL_GPUS", "8")
     monkeypatch.delenv("DLAAS_ENDPOINT", raising=False)
     root = tmp_path / "home"
     started = await asyncio.to_thread(platform.up, root)
-    channel = grpc.aio.insecure_channel(started["api_gateway"].address)
+    keys = read_config(config_path(root))
+    address = started["api_gateway"].address
+    async with gateway_channel(address, keys["admin_key"]) as admin:
+        await cluster_pb2_grpc.AdminServiceStub(admin).SetAccountTier(
+            cluster_pb2.SetAccountTierRequest(account="accounts/default", tier="standard")
+        )
+    channel = gateway_channel(address, keys["api_key"])
     try:
         client = gateway_pb2_grpc.TrainingServiceStub(channel)
         names = []

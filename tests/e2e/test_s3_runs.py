@@ -128,10 +128,15 @@ async def test_run_with_data_and_results_on_rgw_completes(platform: Platform, s3
     assert "trained on 1001 rows" in log and "staged 2 files" in log
     # The run's grant ended with it: its role is gone from the store.
     assert await _eventually(lambda: set(s3_server.grant_roles()) <= roles_before)
-    # `dlaas download` reaches the platform store only: it says so instead of copying anything.
-    code, out = await cli(platform, "download", run_id, "--to", str(platform.jobs_dir.parent / "dl"))
-    assert code == 1 and "S3 connection" in out
-    assert not (platform.jobs_dir.parent / "dl").exists()
+    # `dlaas download` fetches the results and logs from the connection, and the model code.
+    target = platform.jobs_dir.parent / "dl"
+    code, out = await cli(platform, "download", run_id, "--to", str(target))
+    assert code == 0, out
+    assert (target / "model" / "weights.txt").read_text() == weights
+    assert (target / "big.bin").stat().st_size == 40 << 20
+    assert "trained on 1001 rows" in (target / "logs" / "training.log").read_text()
+    assert (target / "code" / "model.tar.gz").is_file()
+    assert store.user.secret_key not in out
 
 
 @pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
@@ -228,7 +233,7 @@ async def cli(platform: Platform, *args: str, env: dict[str, str] | None = None)
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "dlaas"),
         *args,
-        env={**os.environ, "DLAAS_ENDPOINT": platform.gateway.address, **(env or {})},
+        env={**os.environ, "DLAAS_ENDPOINT": platform.gateway.address, "DLAAS_API_KEY": platform.key, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

@@ -18,7 +18,19 @@ from services.metering.settings import MeteringSettings
 from services.storage.app import build_server as build_storage
 from services.storage.settings import StorageSettings
 from tests.conftest import DatabaseFactory
-from tests.support import ServiceProcess, free_port, manifest, pack, start_gateway, submit, transition_ms, wait_for
+from tests.support import (
+    ADMIN_KEY,
+    ServiceProcess,
+    create_account,
+    free_port,
+    gateway_channel,
+    manifest,
+    pack,
+    start_gateway,
+    submit,
+    transition_ms,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -58,13 +70,18 @@ async def crashable(databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator
         tmp_path / "scheduler.log",
     )
     await scheduler.start()
-    gateway = await start_gateway(databases, scheduler.address, storage.address, metering.address, tier="standard")
-    channel = grpc.aio.insecure_channel(gateway.address)
-    yield CrashablePlatform(scheduler, [gateway, storage, metering], channel)
-    await channel.close()
-    scheduler.stop()
-    for service in [gateway, storage, metering]:
-        await service.stop(0)
+    try:  # the scheduler is a process of its own: stopped whatever happens below
+        gateway = await start_gateway(databases, scheduler.address, storage.address, metering.address)
+        async with gateway_channel(gateway.address, ADMIN_KEY) as admin:
+            key = await create_account(admin, "default", "standard")
+        channel = gateway_channel(gateway.address, key)
+        yield CrashablePlatform(scheduler, [gateway, storage, metering], channel)
+        await channel.close()
+        await gateway.stop(0)
+    finally:
+        scheduler.stop()
+        for service in [storage, metering]:
+            await service.stop(0)
 
 
 async def state_of(platform: CrashablePlatform, name: str) -> int:

@@ -22,7 +22,6 @@ from tests.support import (
     manifest,
     pack,
     process_gone,
-    start_gateway,
     start_platform,
     submit,
     transition_ms,
@@ -48,28 +47,21 @@ _TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_
 
 
 async def test_a_free_account_runs_one_at_a_time_while_another_runs_beside_it(
-    four_gpus: Platform, sqlite_databases: DatabaseFactory
+    four_gpus: Platform,
 ) -> None:
     p = four_gpus
-    second = await start_gateway(
-        sqlite_databases, p.scheduler.address, p.storage.address, p.metering.address, account="second"
-    )
-    second_channel = grpc.aio.insecure_channel(second.address)
-    try:
-        sleep = manifest("python -c 'import time; time.sleep(0.6)'")
-        first_runs = [await submit(p.client, sleep) for _ in range(5)]
-        other = await submit(gateway_pb2_grpc.TrainingServiceStub(second_channel), sleep)
+    second_channel = await p.account_channel("second")
+    sleep = manifest("python -c 'import time; time.sleep(0.6)'")
+    first_runs = [await submit(p.client, sleep) for _ in range(5)]
+    other = await submit(gateway_pb2_grpc.TrainingServiceStub(second_channel), sleep)
 
-        queue = await cluster_pb2_grpc.ClusterServiceStub(p.channel).ListQueue(cluster_pb2.ListQueueRequest())
-        assert [e.position for e in queue.entries] == list(range(1, len(queue.entries) + 1))
-        assert queue.entries and all(e.run.startswith("accounts/default/") for e in queue.entries)
-        assert "quota" in queue.entries[0].wait_reason
+    queue = await cluster_pb2_grpc.ClusterServiceStub(p.channel).ListQueue(cluster_pb2.ListQueueRequest())
+    assert [e.position for e in queue.entries] == list(range(1, len(queue.entries) + 1))
+    assert queue.entries and all(e.run.startswith("accounts/default/") for e in queue.entries)
+    assert "quota" in queue.entries[0].wait_reason
 
-        done = [await wait_for(p.client, r.name) for r in first_runs]
-        other_done = await wait_for(gateway_pb2_grpc.TrainingServiceStub(second_channel), other.name)
-    finally:
-        await second_channel.close()
-        await second.stop(0)
+    done = [await wait_for(p.client, r.name) for r in first_runs]
+    other_done = await wait_for(gateway_pb2_grpc.TrainingServiceStub(second_channel), other.name)
     assert all(r.status.state == run_pb2.RUN_STATE_COMPLETED for r in [*done, other_done])
     spans = sorted(interval(r) for r in done)
     for (_, end), (start, _) in itertools.pairwise(spans):
@@ -80,7 +72,7 @@ async def test_a_free_account_runs_one_at_a_time_while_another_runs_beside_it(
 
 async def test_set_tier_lets_queued_runs_start_and_drain_stops_new_ones(four_gpus: Platform) -> None:
     p = four_gpus
-    admin = cluster_pb2_grpc.AdminServiceStub(p.channel)
+    admin = cluster_pb2_grpc.AdminServiceStub(p.admin)
     cluster = cluster_pb2_grpc.ClusterServiceStub(p.channel)
     await admin.DrainNode(cluster_pb2.DrainNodeRequest(name="local"))
     nodes = await cluster.ListNodes(cluster_pb2.ListNodesRequest())
@@ -168,7 +160,7 @@ async def test_the_monthly_allowance_holds_runs_that_would_exceed_it_and_refuses
         assert waiting.status.state == run_pb2.RUN_STATE_QUEUED
         assert waiting.status.wait_reason.startswith("allowance:"), waiting.status.wait_reason
 
-        admin = cluster_pb2_grpc.AdminServiceStub(p.channel)
+        admin = cluster_pb2_grpc.AdminServiceStub(p.admin)
         await admin.SetAccountTier(cluster_pb2.SetAccountTierRequest(account="accounts/default", tier="standard"))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await submit(p.client, manifest("true"))

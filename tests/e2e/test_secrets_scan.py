@@ -4,8 +4,10 @@ Two ways credentials come in: a connection registered through the public API, an
 inline in an FfDL manifest (moved into a connection at submission). Both runs complete on a
 real Ceph RGW; then every log record (DEBUG and up, every library), everything the processes
 printed, every file under the test's directory (the four SQLite databases' raw bytes, the
-runners' job directories, the local object store), every exported span and every RPC answer
-is searched for the planted strings.
+runners' job directories, the local object store, what `dlaas download` fetched), every
+exported span, every RPC answer and the output of `dlaas data upload|ls|rm` and `dlaas download`
+on the connection is searched for the planted strings; the run tokens and the grants' temporary
+keys may be in runner.json only.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dlaas.gateway.v1 import connections_pb2, connections_pb2_grpc, gateway_pb2
+from dlaas.runner.config import RunnerConfig
 from dlaas.types.v1 import run_pb2
-from tests.e2e.test_s3_runs import COMMAND, manifest, pack, register, s3_store
+from tests.e2e.test_s3_runs import COMMAND, cli, manifest, pack, register, s3_store
 from tests.s3 import S3Server
-from tests.support import Platform, submit, wait_for
+from tests.support import ADMIN_KEY, SERVICE_TOKEN, Platform, submit, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +74,9 @@ async def test_no_planted_secret_leaks_after_runs_on_s3(
         registered.user.access_key,
         inline.user.secret_key,
         inline.user.access_key,
+        platform.key,  # the account's API key
+        ADMIN_KEY,
+        SERVICE_TOKEN,
     }
     answers: list[object] = [await register(platform, s3_server, registered)]
 
@@ -97,6 +103,21 @@ async def test_no_planted_secret_leaks_after_runs_on_s3(
         for o in inline.client.list_objects(inline.results, prefix=f"{second_id}/", recursive=True)
     )
 
+    # The CLI's data verbs and `dlaas download` on the registered connection: grants, never its keys.
+    upload_dir = tmp_path / "cli-upload"
+    (upload_dir / "sub").mkdir(parents=True)
+    (upload_dir / "sub" / "x.csv").write_text("1,2\n")
+    for args in (
+        ("data", "upload", str(upload_dir), f"{registered.data}/cli", "--connection", "rgw"),
+        ("data", "ls", f"{registered.data}/cli", "--connection", "rgw", "-o", "json"),
+        ("data", "rm", f"{registered.data}/cli", "--connection", "rgw", "--yes"),
+        ("download", first.name.rsplit("/", 1)[-1], "--to", str(tmp_path / "cli-download")),
+    ):
+        code, out = await cli(platform, *args)
+        assert code == 0, (args, out)
+        answers.append(out)
+    assert (tmp_path / "cli-download" / "code" / "model.tar.gz").is_file()
+
     printed = capfd.readouterr()
     haystacks = {
         "log records": caplog.text + "".join(repr(record.__dict__) for record in caplog.records),
@@ -106,8 +127,26 @@ async def test_no_planted_secret_leaks_after_runs_on_s3(
     }
     files = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert any(path.suffix == ".db" for path in files) and any(path.name == "runner.json" for path in files)
+    # Each attempt's run token lives in its runner.json (the runner's own, mode 0600) and nowhere else.
+    run_tokens = set()
+    for path in files:
+        if path.name == "runner.json":
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+            held = RunnerConfig.load(path)
+            run_tokens.add(held.run_token)
+            # The grant's temporary keys are the runner's too: runner.json only.
+            for location in (held.code_s3, held.data_s3, held.results_s3):
+                if location is not None and location.secret_access_key:
+                    run_tokens |= {location.secret_access_key, location.session_token}
+    assert len(run_tokens) >= 2 + 2
     for path in files:
         haystacks[str(path)] = path.read_bytes().decode("latin-1")
     assert haystacks["spans"] and haystacks["log records"]
     leaks = [(where, secret[:12]) for where, text in haystacks.items() for secret in planted if secret in text]
+    leaks += [
+        (where, "run token")
+        for where, text in haystacks.items()
+        for token in run_tokens
+        if token in text and not where.endswith("runner.json")
+    ]
     assert not leaks

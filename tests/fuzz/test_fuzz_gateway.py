@@ -17,15 +17,17 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dlaas.credentials import bearer, with_headers
 from dlaas.gateway.v1 import cluster_pb2, cluster_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from dlaas.types.v1 import run_pb2
 from tests.conftest import DatabaseFactory
-from tests.support import Platform, start_platform
+from tests.support import ADMIN_KEY, Platform, start_platform
 
 pytestmark = pytest.mark.fuzz
 
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
 EXAMPLES = 2500  # per test; four tests make 10,000 generated requests
+ADMIN: list[grpc.Channel] = []  # a channel with the admin key, while the module's platform runs
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     while "platform" not in ready:
         thread.join(0.05)
     platform: Platform = ready["platform"]
-    channel = grpc.insecure_channel(platform.gateway.address)
+    channel = with_headers(grpc.insecure_channel(platform.gateway.address), bearer(platform.key))
+    ADMIN.append(with_headers(grpc.insecure_channel(platform.gateway.address), bearer(ADMIN_KEY)))
     yield channel
     channel.close()
+    ADMIN.pop().close()
     asyncio.run_coroutine_threadsafe(platform.stop(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
@@ -215,7 +219,7 @@ def test_generated_cluster_requests_never_fail_inside(
     gateway: grpc.Channel, account: str, tier: str, node: str, token: str
 ) -> None:
     cluster = cluster_pb2_grpc.ClusterServiceStub(gateway)
-    admin = cluster_pb2_grpc.AdminServiceStub(gateway)
+    admin = cluster_pb2_grpc.AdminServiceStub(ADMIN[0])
     calls: list[Callable[[], object]] = [
         lambda: cluster.ListQueue(cluster_pb2.ListQueueRequest(parent=account, page_token=token), timeout=30),
         lambda: admin.SetAccountTier(cluster_pb2.SetAccountTierRequest(account=account, tier=tier), timeout=30),

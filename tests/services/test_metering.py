@@ -15,11 +15,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from dlaas.metering.v1 import metering_pb2, metering_pb2_grpc
-from services.common.clients import open_channel
 from services.common.timeutil import now_ms, to_timestamp
 from services.metering.app import build_server
 from services.metering.domain.usage import EventKind, UsageEvent, UsageInterval, apply_event
 from services.metering.settings import MeteringSettings
+from tests.support import service_channel
 
 OPEN = metering_pb2.USAGE_EVENT_KIND_OPEN
 CLOSE = metering_pb2.USAGE_EVENT_KIND_CLOSE
@@ -42,7 +42,7 @@ class Metering:
 async def running(url: str) -> AsyncIterator[metering_pb2_grpc.MeteringServiceAsyncStub]:
     service = await build_server(MeteringSettings(port=0, database_url=url))
     await service.start()
-    channel = open_channel(service.address)
+    channel = service_channel(service.address)
     try:
         yield metering_pb2_grpc.MeteringServiceStub(channel)
     finally:

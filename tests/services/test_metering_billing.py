@@ -14,11 +14,11 @@ import grpc
 import pytest
 
 from dlaas.metering.v1 import metering_pb2, metering_pb2_grpc
-from services.common.clients import open_channel
 from services.common.timeutil import now_ms
 from services.metering.app import build_server
 from services.metering.settings import MeteringSettings
 from tests.services.test_metering import CLOSE, OPEN, Databases, bad_request, event, record, usage
+from tests.support import service_channel
 
 HOUR = 3_600_000
 DEC_1 = calendar.timegm((2025, 12, 1, 0, 0, 0)) * 1000
@@ -38,7 +38,7 @@ async def running(url: str, prices: Mapping[str, object] | None = None) -> Async
     settings = MeteringSettings(port=0, database_url=url, prices=json.dumps(prices or PRICES))
     service = await build_server(settings)
     await service.start()
-    channel = open_channel(service.address)
+    channel = service_channel(service.address)
     try:
         yield metering_pb2_grpc.MeteringServiceStub(channel)
     finally:

@@ -19,12 +19,12 @@ from grpc_status import rpc_status
 
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
 from dlaas.types.v1 import run_pb2
-from services.common.clients import open_channel
 from services.common.db import sync_url
 from services.common.errors import FieldViolation
 from services.storage.app import build_server
 from services.storage.domain.locations import bucket_violations, prefix_violations
 from services.storage.settings import StorageSettings
+from tests.support import service_channel
 
 READ = storage_pb2.ACCESS_MODE_READ
 WRITE = storage_pb2.ACCESS_MODE_WRITE
@@ -57,7 +57,7 @@ async def storage(databases: Databases, tmp_path: Path) -> AsyncIterator[Storage
     objects = tmp_path / "objects"
     service = await build_server(StorageSettings(port=0, database_url=url, objects_dir=str(objects)))
     await service.start()
-    channel = open_channel(service.address)
+    channel = service_channel(service.address)
     try:
         yield Storage(storage_pb2_grpc.StorageServiceStub(channel), objects, url)
     finally:

@@ -2,12 +2,16 @@
 
 What a grant's credentials may do is checked with the plain minio client, as any holder of
 them could use them: read inside the data prefix only, write inside the run's results prefix
-only, nothing after expiry or revocation.
+only, nothing after expiry or revocation. A grant outlives one set of its credentials: with a
+2 s session the first credentials stop after 2 s, and the run token renews them until the grant
+itself ends or is revoked. Purges delete under a prefix taken as a folder, for the caller's
+account only; an inline connection's rotated secret replaces the kept one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import time
 import uuid
@@ -24,7 +28,7 @@ from minio.error import S3Error
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
-from services.common.clients import open_channel
+from dlaas.types.v1 import run_pb2
 from services.common.db import sync_url
 from services.storage.adapters.db import rotate_keys
 from services.storage.adapters.secrets import key_id
@@ -32,6 +36,7 @@ from services.storage.app import build_server, key_ring
 from services.storage.settings import StorageSettings
 from tests.s3 import REGION, S3Server
 from tests.services.test_storage import READ, WRITE, Databases, access, grant_request, status_of
+from tests.support import service_channel
 
 SECRET = "planted-SECRET-" + uuid.uuid4().hex
 KEY_A = "a" * 64
@@ -65,7 +70,7 @@ async def storage_factory(databases: Databases, tmp_path: Path) -> AsyncIterator
             StorageSettings(port=0, database_url=url, objects_dir=str(tmp_path / "objects"), **settings)
         )
         await service.start()
-        channel = open_channel(service.address)
+        channel = service_channel(service.address)
         started.append((service, channel))
         return Storage(storage_pb2_grpc.StorageServiceStub(channel), url)
 
@@ -441,3 +446,205 @@ async def test_presigned_grant_stops_working_when_it_expires(
 
     assert _http("GET", url).status == 403
     assert _post(grant.accesses[1], "run-a/late.txt", b"x") == 403
+
+
+# --- renewal, purges, rotated inline secrets ---------------------------------------------------
+
+TOKEN = "run-token-" + uuid.uuid4().hex
+
+
+def _renewable(request: storage_pb2.CreateGrantRequest) -> storage_pb2.CreateGrantRequest:
+    request.run_token_sha256 = hashlib.sha256(TOKEN.encode()).hexdigest()
+    return request
+
+
+async def _sleep_until_ms(ms: int) -> None:
+    await asyncio.sleep(max(0.0, ms / 1000 - time.time()) + 1.2)
+
+
+@pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+async def test_renewed_grant_keeps_working_past_the_first_credentials_expiry(
+    storage_factory: StorageFactory, s3_server: S3Server, store: Store
+) -> None:
+    storage = await storage_factory(encryption_key=KEY_A, grant_session_s=2)
+    await _register(storage, s3_server)
+
+    grant = await storage.stub.CreateGrant(_renewable(_run_grant(store, "run-a", ttl_s=120)))
+    first = _as_holder(s3_server, grant.accesses[0])
+    assert first.get_object(store.data, "mnist/train.csv").read() == b"1,2,3\n"
+    # One session (2 s) is shorter than the grant (120 s): the credentials say so.
+    assert grant.accesses[0].s3.expire_time.ToMilliseconds() < grant.expire_time.ToMilliseconds() - 100_000
+    await _sleep_until_ms(grant.accesses[0].s3.expire_time.ToMilliseconds())
+    assert _denied(lambda: first.get_object(store.data, "mnist/train.csv").read())
+
+    renewed = await storage.stub.RenewGrant(storage_pb2.RenewGrantRequest(name=grant.name, run_token=TOKEN))
+
+    assert renewed.name == grant.name and renewed.expire_time == grant.expire_time
+    reader, writer = _as_holder(s3_server, renewed.accesses[0]), _as_holder(s3_server, renewed.accesses[1])
+    assert reader.get_object(store.data, "mnist/train.csv").read() == b"1,2,3\n"
+    writer.put_object(store.results, "run-a/late.txt", io.BytesIO(b"x"), 1)
+    # Still scoped as the grant: not another prefix, not another run's results.
+    assert _denied(lambda: reader.get_object(store.data, "mnist-private/secret.csv").read())
+    assert _denied(lambda: writer.put_object(store.results, "run-b/x.txt", io.BytesIO(b"x"), 1))
+    # The renewed credentials are kept sealed, and the token only as its hash.
+    assert TOKEN not in storage.raw_rows("grants")
+    assert renewed.accesses[0].s3.secret_access_key not in storage.raw_rows("grants")
+
+
+@pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+async def test_renewal_needs_the_run_token_and_a_live_grant(
+    storage_factory: StorageFactory, s3_server: S3Server, store: Store
+) -> None:
+    storage = await storage_factory(encryption_key=KEY_A, grant_session_s=2)
+    await _register(storage, s3_server)
+    grant = await storage.stub.CreateGrant(_renewable(_run_grant(store, "run-a", ttl_s=120)))
+    plain = await storage.stub.CreateGrant(_run_grant(store, "run-c", ttl_s=120))
+
+    async def renew(name: str, token: str) -> grpc.StatusCode:
+        try:
+            await storage.stub.RenewGrant(storage_pb2.RenewGrantRequest(name=name, run_token=token))
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    assert await renew(grant.name, "not-the-token") == grpc.StatusCode.PERMISSION_DENIED
+    assert await renew(plain.name, TOKEN) == grpc.StatusCode.PERMISSION_DENIED  # not renewable
+    assert await renew(grant.name.replace("alice", "bob"), TOKEN) == grpc.StatusCode.PERMISSION_DENIED
+    assert await renew(grant.name, "") == grpc.StatusCode.INVALID_ARGUMENT
+    renewed = await storage.stub.RenewGrant(storage_pb2.RenewGrantRequest(name=grant.name, run_token=TOKEN))
+
+    await storage.stub.RevokeGrant(storage_pb2.RevokeGrantRequest(name=grant.name))
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await storage.stub.RenewGrant(storage_pb2.RenewGrantRequest(name=grant.name, run_token=TOKEN))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_of(refused.value)[0] == "GRANT_REVOKED"
+    holder = _as_holder(s3_server, renewed.accesses[0])
+    assert _denied(lambda: holder.get_object(store.data, "mnist/train.csv").read())
+
+
+@pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+async def test_renewing_an_expired_grant_is_refused(
+    storage_factory: StorageFactory, s3_server: S3Server, store: Store
+) -> None:
+    storage = await storage_factory(encryption_key=KEY_A)
+    await _register(storage, s3_server)
+    grant = await storage.stub.CreateGrant(_renewable(_run_grant(store, "run-a", ttl_s=1)))
+    await _sleep_until_ms(grant.expire_time.ToMilliseconds())
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await storage.stub.RenewGrant(storage_pb2.RenewGrantRequest(name=grant.name, run_token=TOKEN))
+
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_of(refused.value)[0] == "GRANT_EXPIRED"
+
+
+# --- purges ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+async def test_purge_deletes_under_the_prefix_as_a_folder_on_an_s3_connection(
+    storage_factory: StorageFactory, s3_server: S3Server, store: Store
+) -> None:
+    storage = await storage_factory(encryption_key=KEY_A)
+    await _register(storage, s3_server)
+    where = run_pb2.ObjectLocation(connection="rgw", bucket=store.data, prefix="mnist")
+
+    counted = await storage.stub.PurgeObjects(storage_pb2.PurgeObjectsRequest(parent="accounts/alice", location=where))
+    still = sorted(o.object_name for o in store.admin.list_objects(store.data, recursive=True))
+    purged = await storage.stub.PurgeObjects(
+        storage_pb2.PurgeObjectsRequest(parent="accounts/alice", location=where, force=True)
+    )
+    left = sorted(o.object_name for o in store.admin.list_objects(store.data, recursive=True))
+    # Another account cannot name alice's connection at all.
+    with pytest.raises(grpc.aio.AioRpcError) as elsewhere:
+        await storage.stub.PurgeObjects(
+            storage_pb2.PurgeObjectsRequest(
+                parent="accounts/bob", location=run_pb2.ObjectLocation(connection="rgw", bucket=store.data), force=True
+            )
+        )
+
+    assert (counted.purge_count, sorted(counted.purge_sample)) == (2, ["mnist/sub/test.csv", "mnist/train.csv"])
+    assert len(still) == 4
+    assert purged.purge_count == 2
+    assert left == ["mnist-private/secret.csv", "other/x.csv"]
+    assert elsewhere.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert sorted(o.object_name for o in store.admin.list_objects(store.data, recursive=True)) == left
+
+
+async def test_purge_on_the_local_store_keeps_other_accounts_and_siblings(storage_factory: StorageFactory) -> None:
+    storage = await storage_factory(encryption_key=KEY_A)
+    for account, key in (
+        ("alice", "data/a.txt"),
+        ("alice", "data/sub/b.txt"),
+        ("alice", "data-old/c.txt"),
+        ("bob", "data/a.txt"),
+    ):
+        await storage.stub.WriteObject(
+            storage_pb2.WriteObjectRequest(
+                parent=f"accounts/{account}", location=run_pb2.ObjectLocation(bucket="mine", prefix=key), data=b"x"
+            )
+        )
+
+    purged = await storage.stub.PurgeObjects(
+        storage_pb2.PurgeObjectsRequest(
+            parent="accounts/alice", location=run_pb2.ObjectLocation(bucket="mine", prefix="data"), force=True
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await storage.stub.PurgeObjects(
+            storage_pb2.PurgeObjectsRequest(
+                parent="accounts/alice", location=run_pb2.ObjectLocation(bucket="mine", prefix="../bob"), force=True
+            )
+        )
+
+    async def keys(account: str) -> list[str]:
+        listed = await storage.stub.ListObjects(
+            storage_pb2.ListObjectsRequest(parent=f"accounts/{account}", location=run_pb2.ObjectLocation(bucket="mine"))
+        )
+        return [o.key for o in listed.objects]
+
+    assert purged.purge_count == 2
+    assert await keys("alice") == ["data-old/c.txt"]
+    assert await keys("bob") == ["data/a.txt"]
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- inline connections with a rotated secret -------------------------------------------------
+
+
+@pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+async def test_a_rotated_secret_for_the_same_store_and_key_replaces_the_kept_one(
+    storage_factory: StorageFactory, s3_server: S3Server, store: Store
+) -> None:
+    storage = await storage_factory(encryption_key=KEY_A)
+    admin = s3_server.admin
+    stale = connection_request("alice", "inline-x", s3_server.url, admin.access_key, "stale-" + uuid.uuid4().hex)
+    stale.connection.region = REGION
+    await storage.stub.CreateConnection(stale)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await storage.stub.CreateGrant(_run_grant_on(store, "inline-x"))
+
+    rotated = connection_request("alice", "inline-x", s3_server.url, admin.access_key, admin.secret_key)
+    rotated.connection.region = REGION
+    rotated.replace_secret = True
+    kept = await storage.stub.CreateConnection(rotated)
+    again = await storage.stub.CreateConnection(rotated)  # the same secret again: reused as is
+    grant = await storage.stub.CreateGrant(_run_grant_on(store, "inline-x"))
+    other_key = connection_request("alice", "inline-x", s3_server.url, "OTHERKEY", admin.secret_key)
+    other_key.replace_secret = True
+    with pytest.raises(grpc.aio.AioRpcError) as clash:
+        await storage.stub.CreateConnection(other_key)
+
+    assert status_of(refused.value)[0] == "STORE_REFUSED_GRANT"
+    assert kept.name == again.name == "accounts/alice/connections/inline-x"
+    assert _as_holder(s3_server, grant.accesses[0]).get_object(store.data, "mnist/train.csv").read() == b"1,2,3\n"
+    assert clash.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert admin.secret_key not in storage.raw_rows("connections")
+
+
+def _run_grant_on(store: Store, connection: str) -> storage_pb2.CreateGrantRequest:
+    request = _run_grant(store, "run-a")
+    for asked in request.accesses:
+        asked.location.connection = connection
+    return request

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from dlaas.gateway.v1 import billing_pb2, billing_pb2_grpc
-from services.api_gateway.api.auth import Caller, authenticate
+from services.api_gateway.api.auth import authenticate
 from services.api_gateway.runtime.billing import Billing
 from services.api_gateway.runtime.gateway import Gateway
 from services.common.errors import InvalidArgument
@@ -18,14 +18,13 @@ _GROUPINGS = frozenset(billing_pb2.UsageGrouping.values())
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, billing: Billing, caller: Caller):
+    def __init__(self, billing: Billing):
         self.billing = billing
-        self.caller = caller
 
     async def SummarizeUsage(
         self, request: billing_pb2.SummarizeUsageRequest, context: Context
     ) -> billing_pb2.SummarizeUsageResponse:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         self.billing.gateway.account_parent(who.account, request.parent)
         if request.group_by not in _GROUPINGS:
             raise InvalidArgument.field("group_by", "must be RUN, GPU_TYPE or DAY")
@@ -51,7 +50,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
 
     async def GetInvoice(self, request: billing_pb2.GetInvoiceRequest, context: Context) -> billing_pb2.Invoice:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         if not request.name:
             raise InvalidArgument.field("name", "is required: accounts/{account}/invoices/YYYY-MM or YYYY-MM")
         invoice = await self.billing.invoice(who.account, request.name)
@@ -80,8 +79,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
 
 
-def add_billing_service(server: grpc.aio.Server, gateway: Gateway, caller: Caller) -> None:
+def add_billing_service(server: grpc.aio.Server, gateway: Gateway) -> None:
     """Registers BillingService on the gateway's server (its name is in app.SERVICE_NAMES)."""
-    billing_pb2_grpc.add_BillingServiceServicer_to_server(
-        BillingServicer(Billing(gateway, gateway.peers), caller), server
-    )
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(Billing(gateway, gateway.peers)), server)

@@ -13,7 +13,7 @@ from google.protobuf import empty_pb2
 from dlaas.gateway.v1 import connections_pb2, connections_pb2_grpc
 from dlaas.storage.v1 import storage_pb2
 from services.api_gateway.adapters.peers import Peers
-from services.api_gateway.api.auth import Caller, authenticate
+from services.api_gateway.api.auth import authenticate
 from services.api_gateway.runtime.gateway import Gateway
 from services.common import names
 from services.common.errors import NotFound
@@ -34,15 +34,14 @@ def public_connection(connection: storage_pb2.Connection) -> connections_pb2.Con
 
 
 class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
-    def __init__(self, gateway: Gateway, peers: Peers, caller: Caller):
+    def __init__(self, gateway: Gateway, peers: Peers):
         self.gateway = gateway
         self.peers = peers
-        self.caller = caller
 
     async def CreateConnection(
         self, request: connections_pb2.CreateConnectionRequest, context: Context
     ) -> connections_pb2.Connection:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         given = request.connection
         created = await self.peers.storage.CreateConnection(
             storage_pb2.CreateConnectionRequest(
@@ -64,7 +63,7 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
     async def ListConnections(
         self, request: connections_pb2.ListConnectionsRequest, context: Context
     ) -> connections_pb2.ListConnectionsResponse:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         listed = await self.peers.storage.ListConnections(
             storage_pb2.ListConnectionsRequest(
                 parent=self.gateway.account_parent(who.account, request.parent),
@@ -80,7 +79,7 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
     async def DeleteConnection(
         self, request: connections_pb2.DeleteConnectionRequest, context: Context
     ) -> empty_pb2.Empty:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         name = request.name
         if names.is_id(name):
             name = f"{names.account_name(who.account)}/connections/{name}"
@@ -90,5 +89,5 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
         return empty_pb2.Empty()
 
 
-def register(server: grpc.aio.Server, gateway: Gateway, peers: Peers, caller: Caller) -> None:
-    connections_pb2_grpc.add_ConnectionServiceServicer_to_server(ConnectionServicer(gateway, peers, caller), server)
+def register(server: grpc.aio.Server, gateway: Gateway, peers: Peers) -> None:
+    connections_pb2_grpc.add_ConnectionServiceServicer_to_server(ConnectionServicer(gateway, peers), server)

@@ -10,7 +10,8 @@ import grpc
 from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from dlaas.scheduler.v1 import scheduler_pb2
 from dlaas.storage.v1 import storage_pb2
-from services.api_gateway.api.auth import Caller, authenticate
+from services.api_gateway.api.auth import authenticate
+from services.api_gateway.runtime.accounts import Accounts
 from services.api_gateway.runtime.gateway import Gateway
 from services.common.errors import InvalidArgument
 
@@ -30,33 +31,70 @@ def data_grant(grant: storage_pb2.Grant) -> gateway_pb2.DataGrant:
     access = grant.accesses[0]
     mode = {v: k for k, v in _MODES.items()}[access.mode]
     result = gateway_pb2.DataGrant(location=access.location, mode=mode, expire_time=grant.expire_time)
-    if access.HasField("local"):
+    method = access.WhichOneof("method")
+    if method == "local":
         result.local.path = access.local.path
+    elif method == "s3":
+        s3 = access.s3
+        result.s3.CopyFrom(
+            gateway_pb2.S3DataAccess(
+                endpoint=s3.endpoint,
+                region=s3.region,
+                bucket=s3.bucket,
+                prefix=s3.prefix,
+                access_key_id=s3.access_key_id,
+                secret_access_key=s3.secret_access_key,
+                session_token=s3.session_token,
+            )
+        )
+        # These credentials stop before the grant does when it outlasts one STS session.
+        result.expire_time.CopyFrom(s3.expire_time)
+    elif method == "presigned":
+        signed = access.presigned
+        result.presigned.CopyFrom(
+            gateway_pb2.PresignedDataAccess(
+                endpoint=signed.endpoint,
+                bucket=signed.bucket,
+                prefix=signed.prefix,
+                objects=[
+                    gateway_pb2.PresignedDataObject(key=o.key, size_bytes=o.size_bytes, etag=o.etag, url=o.url)
+                    for o in signed.objects
+                ],
+                post_url=signed.post_url,
+                post_fields=dict(signed.post_fields),
+            )
+        )
+        result.expire_time.CopyFrom(signed.expire_time)
     return result
 
 
 class TrainingServicer(gateway_pb2_grpc.TrainingServiceServicer):
-    def __init__(self, gateway: Gateway, caller: Caller):
+    def __init__(self, gateway: Gateway, accounts: Accounts):
         self.gateway = gateway
-        self.caller = caller
+        self.accounts = accounts
 
     async def CreateRun(self, request: gateway_pb2.CreateRunRequest, context: Context) -> gateway_pb2.Run:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         self.gateway.account_parent(who.account, request.parent)
         if request.validate_only:
             parsed = self.gateway.parse(request.manifest)
             return gateway_pb2.Run(spec=parsed.spec)
         run = await self.gateway.create_run(
-            who.account, who.tier, request.manifest, request.code_archive, request.request_id
+            who.account,
+            who.tier,
+            request.manifest,
+            request.code_archive,
+            request.request_id,
+            admit=lambda: self.accounts.admit_submission(who),
         )
         return public_run(run)
 
     async def GetRun(self, request: gateway_pb2.GetRunRequest, context: Context) -> gateway_pb2.Run:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         return public_run(await self.gateway.get_run(self.gateway.run_name(who.account, request.name)))
 
     async def ListRuns(self, request: gateway_pb2.ListRunsRequest, context: Context) -> gateway_pb2.ListRunsResponse:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         parent = self.gateway.account_parent(who.account, request.parent)
         response = await self.gateway.list_runs(parent, request.page_size, request.page_token)
         return gateway_pb2.ListRunsResponse(
@@ -64,25 +102,25 @@ class TrainingServicer(gateway_pb2_grpc.TrainingServiceServicer):
         )
 
     async def CancelRun(self, request: gateway_pb2.CancelRunRequest, context: Context) -> gateway_pb2.Run:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         return public_run(await self.gateway.cancel_run(self.gateway.run_name(who.account, request.name)))
 
     async def WatchRun(self, request: gateway_pb2.WatchRunRequest, context: Context) -> AsyncIterator[gateway_pb2.Run]:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         async for run in self.gateway.watch_run(self.gateway.run_name(who.account, request.name)):
             yield public_run(run)
 
     async def StreamRunLogs(
         self, request: gateway_pb2.StreamRunLogsRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.StreamRunLogsResponse]:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         async for chunk in self.gateway.run_logs(self.gateway.run_name(who.account, request.name), request.follow):
             yield gateway_pb2.StreamRunLogsResponse(data=chunk.data)
 
     async def CreateDataGrant(
         self, request: gateway_pb2.CreateDataGrantRequest, context: Context
     ) -> gateway_pb2.DataGrant:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         self.gateway.account_parent(who.account, request.parent)
         if request.mode not in _MODES:
             raise InvalidArgument.field("mode", "must be DATA_ACCESS_MODE_READ or DATA_ACCESS_MODE_WRITE")
@@ -93,14 +131,29 @@ class TrainingServicer(gateway_pb2_grpc.TrainingServiceServicer):
     async def CreateRunResultsGrant(
         self, request: gateway_pb2.CreateRunResultsGrantRequest, context: Context
     ) -> gateway_pb2.DataGrant:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         name = self.gateway.run_name(who.account, request.name)
         return data_grant(await self.gateway.results_grant(who.account, name))
+
+    async def CreateRunCodeGrant(
+        self, request: gateway_pb2.CreateRunCodeGrantRequest, context: Context
+    ) -> gateway_pb2.DataGrant:
+        who = authenticate(context)
+        name = self.gateway.run_name(who.account, request.name)
+        return data_grant(await self.gateway.code_grant(who.account, name))
+
+    async def PurgeObjects(
+        self, request: gateway_pb2.PurgeObjectsRequest, context: Context
+    ) -> gateway_pb2.PurgeObjectsResponse:
+        who = authenticate(context)
+        self.gateway.account_parent(who.account, request.parent)
+        purged = await self.gateway.purge_objects(who.account, request.location, request.force)
+        return gateway_pb2.PurgeObjectsResponse(purge_count=purged.purge_count, purge_sample=purged.purge_sample)
 
     async def ListObjects(
         self, request: gateway_pb2.ListObjectsRequest, context: Context
     ) -> gateway_pb2.ListObjectsResponse:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         self.gateway.account_parent(who.account, request.parent)
         response = await self.gateway.list_objects(who.account, request.location, request.page_size, request.page_token)
         return gateway_pb2.ListObjectsResponse(
@@ -114,7 +167,7 @@ class TrainingServicer(gateway_pb2_grpc.TrainingServiceServicer):
     async def ListUsageRecords(
         self, request: gateway_pb2.ListUsageRecordsRequest, context: Context
     ) -> gateway_pb2.ListUsageRecordsResponse:
-        who = authenticate(context, self.caller)
+        who = authenticate(context)
         self.gateway.account_parent(who.account, request.parent)
         response = await self.gateway.usage(who.account, request.run, request.page_size, request.page_token)
         return gateway_pb2.ListUsageRecordsResponse(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -18,6 +18,7 @@ from dlaas.storage.v1 import storage_pb2
 from dlaas.types.v1 import run_pb2
 from services.api_gateway.adapters.db import SpecRepository, StoredSpec
 from services.api_gateway.adapters.peers import Peers
+from services.api_gateway.domain.archive import check_code_archive
 from services.api_gateway.domain.manifest import ParsedManifest, parse_manifest
 from services.api_gateway.settings import GatewaySettings
 from services.common import names
@@ -61,19 +62,25 @@ class Gateway:
         return parse_manifest(manifest, frameworks=self.settings.frameworks)
 
     async def create_run(
-        self, account: str, tier: str, manifest: str, code_archive: bytes, request_id: str
+        self,
+        account: str,
+        tier: str,
+        manifest: str,
+        code_archive: bytes,
+        request_id: str,
+        admit: Callable[[], None] = lambda: None,
     ) -> scheduler_pb2.Run:
+        """Validates, answers a retry as the first call, then `admit`s (the rate limit: only new,
+        well-formed submissions count), then stores."""
         parsed = self.parse(manifest)
-        if len(code_archive) > self.settings.max_code_archive_bytes:
-            raise InvalidArgument.field(
-                "code_archive", f"is {len(code_archive)} bytes; at most {self.settings.max_code_archive_bytes}"
-            )
+        check_code_archive(code_archive, self.settings.max_code_archive_bytes, self.settings.max_code_archive_files)
         if len(request_id) > 200:
             raise InvalidArgument.field("request_id", "must be at most 200 characters")
         if request_id:
             earlier = await self.specs.by_request(account, request_id)
             if earlier is not None:
                 return await self._resubmit(earlier, tier)
+        admit()
 
         for inline in parsed.inline_connections:
             # Inline credentials become a connection held (sealed) by storage; the spec names it only.
@@ -87,11 +94,13 @@ class Gateway:
                             access_key_id=inline.access_key_id,
                             secret_access_key=inline.secret_access_key,
                         ),
+                        # The same endpoint and key with a rotated secret: the new secret replaces the old.
+                        replace_secret=True,
                     ),
                     timeout=30,
                 )
             except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:  # the same manifest submitted before
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:  # a connection of that name, for another store
                     raise
         run_id = "run-" + uuid.uuid4().hex[:12]
         name = names.run_name(account, run_id)
@@ -180,6 +189,18 @@ class Gateway:
         if not run.status.HasField("results"):
             raise NotFound(f"run {name} has no results yet: it has not started")
         return await self.grant(account, run.status.results, storage_pb2.ACCESS_MODE_READ, 3600, run=name)
+
+    async def code_grant(self, account: str, name: str) -> storage_pb2.Grant:
+        run = await self.get_run(name)
+        if not run.HasField("code") or not run.code.prefix:
+            raise NotFound(f"run {name} was submitted without model code")
+        return await self.grant(account, run.code, storage_pb2.ACCESS_MODE_READ, 3600, run=name)
+
+    async def purge_objects(
+        self, account: str, location: run_pb2.ObjectLocation, force: bool
+    ) -> storage_pb2.PurgeObjectsResponse:
+        request = storage_pb2.PurgeObjectsRequest(parent=names.account_name(account), location=location, force=force)
+        return await self.peers.storage.PurgeObjects(request, timeout=300)
 
     async def list_objects(
         self, account: str, location: run_pb2.ObjectLocation, page_size: int, page_token: str

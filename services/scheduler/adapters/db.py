@@ -49,6 +49,8 @@ runs = Table(
     Column("node", String(200), nullable=True),
     Column("gpu_type", String(64), nullable=True),
     Column("gpu_indices", Text, nullable=True),  # JSON list
+    # Every learner's [node, gpu_type, [indices]] (JSON); a gang has several, node/gpu_indices are the first's.
+    Column("allocations", Text, nullable=True),
     Column("exit_code", Integer, nullable=True),
     Column("termination_reason", Integer, nullable=False, default=0),
     Column("message", Text, nullable=False, default=""),
@@ -114,6 +116,7 @@ class RunRow:
     node: str | None = None
     gpu_type: str | None = None
     gpu_indices: list[int] = field(default_factory=list)
+    allocations: list[tuple[str, str, list[int]]] = field(default_factory=list)
     exit_code: int | None = None
     termination_reason: int = 0
     message: str = ""
@@ -132,6 +135,7 @@ class RunRow:
     def from_db(cls, row: Any) -> RunRow:
         values = dict(row._mapping)
         values["gpu_indices"] = json.loads(values["gpu_indices"] or "[]")
+        values["allocations"] = [tuple(a) for a in json.loads(values.get("allocations") or "[]")]
         values["log_tail"] = json.loads(values["log_tail"] or "[]")
         values["trace_carrier"] = json.loads(values["trace_carrier"] or "{}")
         return cls(**values)
@@ -139,6 +143,7 @@ class RunRow:
     def to_db(self) -> dict[str, Any]:
         values = {k: v for k, v in self.__dict__.items() if k != "transitions"}
         values["gpu_indices"] = json.dumps(self.gpu_indices)
+        values["allocations"] = json.dumps([list(a) for a in self.allocations]) if self.allocations else None
         values["log_tail"] = json.dumps(self.log_tail)
         values["trace_carrier"] = json.dumps(self.trace_carrier)
         return values
@@ -190,6 +195,21 @@ class RunRepository:
             query = query.where(runs.c.account == account)
         rows = await conn.execute(query.order_by(runs.c.created_ms))
         return [RunRow.from_db(r) for r in rows]
+
+    async def ended_with_grants(self, conn: AsyncConnection, ended: frozenset[int]) -> list[tuple[str, str]]:
+        """(run, grant) of ended runs whose grant is not yet known to be revoked."""
+        rows = await conn.execute(
+            select(runs.c.name, runs.c.grant_name).where(runs.c.state.in_(ended), runs.c.grant_name.is_not(None))
+        )
+        return [(r.name, r.grant_name) for r in rows]
+
+    async def clear_grant(self, conn: AsyncConnection, name: str, grant_name: str, ended: frozenset[int]) -> None:
+        """Forgets a revoked grant of an ended run (a live run's grant is left alone)."""
+        await conn.execute(
+            update(runs)
+            .where(runs.c.name == name, runs.c.grant_name == grant_name, runs.c.state.in_(ended))
+            .values(grant_name=None)
+        )
 
     async def list_for_account(self, conn: AsyncConnection, account: str, offset: int, limit: int) -> list[RunRow]:
         rows = await conn.execute(

@@ -101,6 +101,24 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         cancel = await self.scheduler.report(request)
         return scheduler_pb2.ReportRunProgressResponse(cancel_requested=cancel)
 
+    async def ReportRunMetrics(
+        self, request: scheduler_pb2.ReportRunMetricsRequest, context: Context
+    ) -> scheduler_pb2.ReportRunMetricsResponse:
+        names.parse_run(request.name)
+        return scheduler_pb2.ReportRunMetricsResponse(cancel_requested=await self.scheduler.relay_metrics(request))
+
+    async def StreamRelayedMetrics(
+        self, request: scheduler_pb2.StreamRelayedMetricsRequest, context: Context
+    ) -> AsyncIterator[scheduler_pb2.StreamRelayedMetricsResponse]:
+        async for batch in self.scheduler.relay.follow(request.relay_id, request.after_position):
+            yield scheduler_pb2.StreamRelayedMetricsResponse(
+                relay_id=self.scheduler.relay.relay_id,
+                position=batch.position,
+                run=batch.run,
+                attempt=batch.attempt,
+                points=batch.points,
+            )
+
     async def ListNodes(
         self, request: scheduler_pb2.ListNodesRequest, context: Context
     ) -> scheduler_pb2.ListNodesResponse:

@@ -41,8 +41,8 @@ from services.common.errors import (
 from services.common.logs import bound_run
 from services.common.telemetry import current_carrier, span_from_carrier
 from services.common.timeutil import now_ms
+from services.scheduler.adapters.backend import Backend
 from services.scheduler.adapters.db import ClusterRepository, RunRepository, RunRow
-from services.scheduler.adapters.local_backend import LocalBackend
 from services.scheduler.adapters.peers import Peers, runner_access
 from services.scheduler.domain.model import (
     ASSIGNED,
@@ -62,9 +62,12 @@ from services.scheduler.domain.model import (
     state_name,
 )
 from services.scheduler.domain.placement import decide, never_fits, over_allowance
+from services.scheduler.runtime.metrics_relay import MetricsRelay
 from services.scheduler.settings import SchedulerSettings, Tier
 
 log = logging.getLogger(__name__)
+# Metric points of an ended run are taken this long after its end (the runner's last batch).
+METRICS_GRACE_MS = 30_000
 TRACER = "dlaas.scheduler"
 
 
@@ -94,16 +97,28 @@ def _queued(run: RunRow) -> QueuedRun:
     )
 
 
+def _allocations(run: RunRow) -> tuple[Allocation, ...]:
+    """Every learner's GPUs: a gang's from `allocations`, a single learner's from node and gpu_indices."""
+    if run.allocations:
+        return tuple(Allocation(node, gpu_type, tuple(indices)) for node, gpu_type, indices in run.allocations)
+    return (Allocation(run.node or "", run.gpu_type or "", tuple(run.gpu_indices)),)
+
+
+def _held_gpus(run: RunRow) -> int:
+    return sum(len(a.gpu_indices) for a in _allocations(run))
+
+
 def _live(run: RunRow, now: int) -> LiveRun:
     deadline = (run.assigned_ms or now) + run.max_runtime_s * 1000 if run.max_runtime_s else 0
-    allocation = Allocation(run.node or "", run.gpu_type or "", tuple(run.gpu_indices))
-    return LiveRun(run.name, run.account, (allocation,), deadline)
+    return LiveRun(run.name, run.account, _allocations(run), deadline)
 
 
 def _stopped_by_deadline(run: RunRow, state: int, reason: int) -> tuple[int, int]:
     """A run the scheduler stopped at its max runtime ends FAILED (MAX_RUNTIME), not CANCELLED."""
     if state == CANCELLED and run.termination_reason == run_pb2.TERMINATION_REASON_MAX_RUNTIME:
         return FAILED, run_pb2.TERMINATION_REASON_MAX_RUNTIME
+    if state == CANCELLED and run.termination_reason == run_pb2.TERMINATION_REASON_EARLY_STOPPED:
+        return CANCELLED, run_pb2.TERMINATION_REASON_EARLY_STOPPED  # an experiment stopped it, not the user
     return state, reason
 
 
@@ -112,7 +127,7 @@ class Scheduler:
         self,
         settings: SchedulerSettings,
         engine: AsyncEngine,
-        backend: LocalBackend,
+        backend: Backend,
         peers: Peers,
         nodes: list[Node],
         callback_address: str,
@@ -132,6 +147,7 @@ class Scheduler:
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._watchers: dict[str, set[asyncio.Queue[None]]] = defaultdict(set)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.relay = MetricsRelay()
 
     # ---- API operations -------------------------------------------------------------------
 
@@ -152,11 +168,9 @@ class Scheduler:
         tiers = self.settings.tiers
         if tier not in tiers:
             raise InvalidArgument.field("tier", f"unknown tier {tier!r} (known: {', '.join(sorted(tiers))})")
-        if spec.resources.learners > 1:
-            raise FailedPrecondition(
-                "several learners need the kubernetes backend; the local backend runs one learner",
-                reason="LEARNERS_UNSUPPORTED",
-            )
+        refusal = self.backend.refusal(spec)
+        if refusal is not None:
+            raise FailedPrecondition(refusal[0], reason=refusal[1])
         async with self.engine.connect() as conn:
             tier = (await self.cluster.tiers(conn)).get(account, tier)
         limits = self._tier(tier)
@@ -244,7 +258,8 @@ class Scheduler:
             live = await self.repo.in_states(conn, LIVE)
         used: dict[str, int] = defaultdict(int)
         for run in live:
-            used[run.node or ""] += len(run.gpu_indices)
+            for allocation in _allocations(run):
+                used[allocation.node] += len(allocation.gpu_indices)
         return [(Node(n.name, n.gpu_type, n.gpu_count, n.name not in drained), used[n.name]) for n in self.nodes]
 
     async def queue(self, account: str | None) -> list[tuple[RunRow, Waiting]]:
@@ -336,6 +351,22 @@ class Scheduler:
             log.info("%s is %s", run.name, state_name(run.state))
             return run.cancel_requested
 
+    async def relay_metrics(self, request: scheduler_pb2.ReportRunMetricsRequest) -> bool:
+        """Passes a runner's metric points on to the relay; returns whether the runner should stop."""
+        async with self.engine.connect() as conn:
+            run = await self.repo.get(conn, request.name)
+        if run is None:
+            raise NotFound(f"run {request.name} not found")
+        if not run.run_token_hash or not hmac.compare_digest(run.run_token_hash, _hash_token(request.run_token)):
+            raise PermissionDenied("the run token is not valid for this run", reason="RUN_TOKEN_INVALID")
+        if request.attempt != run.attempt:
+            raise FailedPrecondition(f"attempt {request.attempt} is not the run's current attempt")
+        # The token dies with the run; its last batch may trail the final report by a moment.
+        if run.state in TERMINAL and run.transitions and now_ms() - run.transitions[-1][1] > METRICS_GRACE_MS:
+            raise FailedPrecondition(f"the run already ended {state_name(run.state)}")
+        await self.relay.publish(run.name, run.attempt, list(request.points))
+        return run.cancel_requested
+
     async def watch(self, name: str) -> AsyncIterator[RunRow]:
         queue: asyncio.Queue[None] = asyncio.Queue()
         self._watchers[name].add(queue)
@@ -418,7 +449,7 @@ class Scheduler:
             run=run.name,
             attempt=run.attempt,
             kind=kind,  # type: ignore[arg-type]
-            gpus=run.gpus,
+            gpus=run.gpus * max(run.learners, 1),  # a gang is billed for every learner's GPUs
             gpu_type=run.gpu_type or "",
             node=run.node or "",
         )
@@ -432,13 +463,25 @@ class Scheduler:
             self._wake.set()
             self._outbox_wake.set()
             if run.grant_name:
-                self._spawn(self._revoke(run.grant_name))
+                self._spawn(self._revoke(run.grant_name, run.name))
 
-    async def _revoke(self, grant_name: str) -> None:
-        try:
-            await self.peers.revoke(grant_name)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("could not revoke grant %s: %s", grant_name, exc.code().name)
+    async def _revoke(self, grant_name: str, ended_run: str = "") -> None:
+        """Revokes a grant, trying again until storage answers. An ended run keeps its grant's name
+        until the revocation is done, so that `reconcile` finishes it after a crash."""
+        backoff = 0.5
+        while True:
+            try:
+                await self.peers.revoke(grant_name)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    break
+                log.warning("could not revoke grant %s (%s); trying again", grant_name, exc.code().name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        if ended_run:
+            async with self.engine.begin() as conn:
+                await self.repo.clear_grant(conn, ended_run, grant_name, TERMINAL)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -447,8 +490,14 @@ class Scheduler:
 
     # ---- decision rounds -------------------------------------------------------------------
 
+    def _nodes_changed(self, nodes: list[Node]) -> None:
+        """The backend's nodes changed (added, lost, cordoned): the next round places on these."""
+        self.nodes = nodes
+        self._wake.set()
+
     async def dispatch_loop(self) -> None:
         self.backend.warm()
+        self.backend.watch_nodes(self._nodes_changed)
         self._wake.set()
         while True:
             await self._wake.wait()
@@ -510,10 +559,12 @@ class Scheduler:
                     run = by_name[assignment.run]
                     run.transitions = await self.repo.transitions(conn, run.name)
                     token = secrets.token_urlsafe(32)
-                    allocation = assignment.allocations[0]  # the local backend runs one learner
+                    allocation = assignment.allocations[0]  # a gang's first learner; all are kept below
                     run.attempt += 1
                     run.node, run.gpu_type = allocation.node, allocation.gpu_type
                     run.gpu_indices = list(allocation.gpu_indices)
+                    if len(assignment.allocations) > 1:
+                        run.allocations = [(a.node, a.gpu_type, list(a.gpu_indices)) for a in assignment.allocations]
                     run.run_token_hash = _hash_token(token)
                     time_ms = now_ms()
                     run.assigned_ms = time_ms
@@ -546,7 +597,7 @@ class Scheduler:
         """What the allowance leaves: the account's running runs are counted from the scheduler's records."""
         month_start = _month_start_ms(now)
         running = sum(
-            len(r.gpu_indices) * (now - max(r.assigned_ms or now, month_start)) for r in live if r.account == account
+            _held_gpus(r) * (now - max(r.assigned_ms or now, month_start)) for r in live if r.account == account
         )
         return int(hours * 3_600_000) - closed - running
 
@@ -616,7 +667,7 @@ class Scheduler:
                     current.grant_name = grant_name
                     await self.repo.save(conn, current)
                 try:
-                    await self.backend.start(launch)
+                    await self.backend.start(launch, _allocations(current), run_pb2.RunSpec.FromString(current.spec))
                 except Exception as exc:
                     log.exception("could not start the runner")
                     self._spawn(self._fail_attempt(run, f"could not start the runner: {exc.__class__.__name__}"))
@@ -634,7 +685,13 @@ class Scheduler:
             reads.append(run_pb2.ObjectLocation.FromString(run.code))
         max_runtime_s = run.max_runtime_s or self._tier(run.tier).max_runtime_s  # fixed at submission
         grant = await self.peers.grant_run(
-            run.account, run.name, run.attempt, reads, results, max_runtime_s + self.settings.grant_margin_s
+            run.account,
+            run.name,
+            run.attempt,
+            reads,
+            results,
+            max_runtime_s + self.settings.grant_margin_s,
+            run_token_sha256=_hash_token(token),  # the runner renews its grant with its token
         )
         # Each access is a local path, S3 credentials or presigned URLs; runner.json carries any, per input.
         data_path, data_s3 = runner_access(grant.accesses[0]) if spec.training_data.bucket else (None, None)
@@ -667,6 +724,8 @@ class Scheduler:
             code_s3=code_s3,
             data_s3=data_s3,
             results_s3=results_s3,
+            grant=grant.name,
+            storage_address=self.settings.runner_storage_address or self.settings.storage_address,
         )
         return launch, grant.name
 
@@ -713,6 +772,7 @@ class Scheduler:
         await self.repo.add_transition(conn, run.name, run.attempt + 1, QUEUED, time_ms)
         run.node = run.gpu_type = run.run_token_hash = run.grant_name = None
         run.gpu_indices = []
+        run.allocations = []
         run.assigned_ms = None
         run.message = message
         await self.repo.save(conn, run)
@@ -730,16 +790,20 @@ class Scheduler:
     # ---- start-up ------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Adopts live runners, ends attempts whose runner is gone, relaunches unstarted ones."""
+        """Adopts live runners, ends attempts whose runner is gone, relaunches unstarted ones, and
+        finishes the revocation of ended runs' grants."""
+        await self.backend.sync()
         async with self.engine.connect() as conn:
             live = await self.repo.in_states(conn, LIVE)
+            for name, grant_name in await self.repo.ended_with_grants(conn, TERMINAL):
+                self._spawn(self._revoke(grant_name, name))
         for run in live:
             with bound_run(run.name):
                 if self.backend.is_alive(run.name, run.attempt):
                     log.info("adopted the running runner of %s", run.name)
                     self._arm_deadline(run)
                     self._spawn(self._watch_runner(run.name, run.attempt))
-                elif run.state == ASSIGNED and self.backend.pid(run.name, run.attempt) is None:
+                elif run.state == ASSIGNED and not self.backend.started(run.name, run.attempt):
                     token = secrets.token_urlsafe(32)
                     async with self._lock, self.engine.begin() as conn:
                         current = await self.repo.get(conn, run.name)

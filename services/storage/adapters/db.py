@@ -49,6 +49,8 @@ class GrantRow(Base):
     # NULL when the caller gave none: the unique constraint then does not apply.
     request_id: Mapped[str | None] = mapped_column(String(128))
     created_ms: Mapped[int] = mapped_column(BigInteger)
+    # SHA-256 of the run token that may renew the grant (a hash: the token itself is never kept).
+    run_token_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class ConnectionRow(Base):
@@ -164,6 +166,7 @@ def _to_domain(row: GrantRow, keys: KeyRing) -> Grant:
         revoke_ms=row.revoke_ms,
         request_id=row.request_id or "",
         created_ms=row.created_ms,
+        run_token_sha256=row.run_token_sha256 or "",
     )
 
 
@@ -178,6 +181,7 @@ def _to_row(grant: Grant, keys: KeyRing) -> GrantRow:
         revoke_ms=grant.revoke_ms,
         request_id=grant.request_id or None,
         created_ms=grant.created_ms,
+        run_token_sha256=grant.run_token_sha256 or None,
     )
 
 
@@ -219,6 +223,16 @@ class SqlGrantRepository:
             )
             row = await session.scalar(select(GrantRow).where(GrantRow.account == account, GrantRow.id == grant_id))
             return _to_domain(row, self._keys) if row else None
+
+    async def renew(self, grant: Grant) -> bool:
+        aad = _grant_aad(grant.account, grant.id)
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(GrantRow)
+                .where(GrantRow.account == grant.account, GrantRow.id == grant.id, GrantRow.revoke_ms.is_(None))
+                .values(accesses=[_access_to_json(access, self._keys, aad) for access in grant.accesses])
+            )
+            return bool(getattr(result, "rowcount", 0))
 
 
 def _connection_to_domain(row: ConnectionRow, keys: KeyRing) -> Connection:
@@ -287,6 +301,17 @@ class SqlConnectionRepository:
                 )
             ).all()
         return [_connection_to_domain(row, self._keys) for row in rows[:limit]], len(rows) > limit
+
+    async def replace_secret(self, connection: Connection) -> bool:
+        secret = {"access_key_id": connection.access_key_id, "secret_access_key": connection.secret_access_key}
+        sealed = self._keys.seal(json.dumps(secret).encode(), _connection_aad(connection.account, connection.id))
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(ConnectionRow)
+                .where(ConnectionRow.account == connection.account, ConnectionRow.id == connection.id)
+                .values(credentials=sealed)
+            )
+            return bool(getattr(result, "rowcount", 0))
 
     async def delete(self, account: str, connection_id: str) -> bool:
         async with self._sessions() as session, session.begin():

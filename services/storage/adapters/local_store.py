@@ -16,7 +16,16 @@ from pathlib import Path
 
 from services.common.errors import FailedPrecondition
 from services.storage.domain.locations import prefix_parts
-from services.storage.domain.model import AccessMethod, AccessMode, LocalPath, Location, ObjectMeta, ObjectPage
+from services.storage.domain.model import (
+    AccessMethod,
+    AccessMode,
+    LocalPath,
+    Location,
+    ObjectMeta,
+    ObjectPage,
+    Purge,
+    under_folder,
+)
 
 _CHUNK = 1024 * 1024
 # Temporary files of writes in progress: beside the accounts, where no bucket or account can be
@@ -46,6 +55,36 @@ class LocalObjectStore:
 
     async def list_objects(self, account: str, location: Location, offset: int, limit: int) -> ObjectPage:
         return await asyncio.to_thread(self._list_objects, account, location, offset, limit)
+
+    async def purge_objects(self, account: str, location: Location, force: bool) -> Purge:
+        return await asyncio.to_thread(self._purge_objects, account, location, force)
+
+    def _purge_objects(self, account: str, location: Location, force: bool) -> Purge:
+        bucket_dir = self._bucket_dir(account, location.bucket)
+        target = bucket_dir.joinpath(*prefix_parts(location.prefix))
+        if not bucket_dir.is_dir() or not (target.is_dir() or target.is_file()):
+            return Purge(0, ())
+        self._inside_bucket(bucket_dir, target)
+        start = target if target.is_dir() else target.parent
+        keys = sorted(key for key in _walk_keys(bucket_dir, start) if under_folder(location.prefix, key))
+        if force:
+            for key in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(bucket_dir / key)
+            # Folders left empty go too, up to the bucket (which stays).
+            if target.is_dir():
+                for directory, _dirs, _files in os.walk(target, topdown=False):
+                    if Path(directory) != bucket_dir:
+                        with contextlib.suppress(OSError):
+                            os.rmdir(directory)
+            parent = target.parent
+            while parent != bucket_dir and parent.is_relative_to(bucket_dir):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+        return Purge(len(keys), tuple(keys[:100]))
 
     def _bucket_dir(self, account: str, bucket: str) -> Path:
         return self.root / account / bucket

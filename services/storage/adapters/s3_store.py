@@ -11,6 +11,10 @@ modes until the grant's expiry (an `aws:CurrentTime` condition, since STS will n
 credentials shorter than 15 minutes), then assumes it with the same policy inline as the
 session policy. Revoking deletes the role's policy and the role: credentials issued for it
 stop working at once, since the store evaluates the role's policy on every request.
+
+One set of credentials (a session) lasts at most `session_s` (STS allows 12 h): its session
+policy carries its own, earlier, `aws:CurrentTime` limit, and the runner renews (RenewGrant)
+before it is reached. Issuing again for the same grant reuses the grant's role.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from services.storage.domain.model import (
     ObjectPage,
     PresignedObject,
     PresignedUrls,
+    Purge,
     S3Credentials,
+    under_folder,
 )
 
 log = logging.getLogger(__name__)
@@ -105,8 +111,9 @@ _TRUST_POLICY = json.dumps(
 
 
 class S3ObjectStore:
-    def __init__(self, connection: Connection):
+    def __init__(self, connection: Connection, *, session_s: int = MAX_SESSION_S):
         self._connection = connection
+        self._session_s = session_s
         self._region = connection.region or DEFAULT_REGION
         split = urlsplit(connection.endpoint)
         self._client = Minio(
@@ -127,12 +134,14 @@ class S3ObjectStore:
     def _grant(
         self, grant_id: str, accesses: Sequence[tuple[Location, AccessMode]], expire_ms: int
     ) -> list[AccessMethod]:
+        now_ms = int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
+        # This session's end: the grant's, or sooner when the grant outlasts one session (renewed then).
+        session_ms = min(expire_ms, now_ms + self._session_s * 1000)
         if self._connection.presigned_urls:
-            return [self._presigned(location, mode, expire_ms) for location, mode in accesses]
+            return [self._presigned(location, mode, session_ms) for location, mode in accesses]
         policy = grant_policy(accesses, expire_ms)
         role = ROLE_PREFIX + grant_id
-        now_ms = int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
-        duration = min(MAX_SESSION_S, max(MIN_SESSION_S, -(-(expire_ms - now_ms) // 1000)))
+        duration = min(MAX_SESSION_S, max(MIN_SESSION_S, -(-(session_ms - now_ms) // 1000)))
         try:
             try:
                 created = self._query(
@@ -161,7 +170,7 @@ class S3ObjectStore:
                     "Version": "2011-06-15",
                     "RoleArn": arn,
                     "RoleSessionName": grant_id[:32],
-                    "Policy": policy,
+                    "Policy": grant_policy(accesses, session_ms),
                     "DurationSeconds": str(duration),
                 },
             )
@@ -191,7 +200,7 @@ class S3ObjectStore:
                 access_key_id=key_id,
                 secret_access_key=secret,
                 session_token=token,
-                expire_ms=expire_ms,
+                expire_ms=session_ms,
             )
             for location, _ in accesses
         ]
@@ -311,6 +320,35 @@ class S3ObjectStore:
                 return ObjectPage((), more=False)
             raise self._refused(exc) from None
         return ObjectPage(tuple(objects), more=False)
+
+    async def purge_objects(self, account: str, location: Location, force: bool) -> Purge:
+        return await asyncio.to_thread(self._purge_objects, location, force)
+
+    def _purge_objects(self, location: Location, force: bool) -> Purge:
+        from minio.deleteobjects import DeleteObject
+
+        try:
+            keys = [
+                item.object_name or ""
+                for item in self._client.list_objects(location.bucket, prefix=location.prefix or None, recursive=True)
+                if under_folder(location.prefix, item.object_name or "")
+            ]
+            if force:
+                for start in range(0, len(keys), 1000):
+                    batch = [DeleteObject(key) for key in keys[start : start + 1000]]
+                    errors = list(self._client.remove_objects(location.bucket, batch))
+                    if errors:
+                        raise FailedPrecondition(
+                            f"connection {self._connection.id}: the store refused to delete "
+                            f"{len(errors)} object(s) ({errors[0].code})",
+                            reason="STORE_REFUSED",
+                            metadata={"connection": self._connection.id, "code": str(errors[0].code)},
+                        )
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return Purge(0, ())
+            raise self._refused(exc) from None
+        return Purge(len(keys), tuple(keys[:100]))
 
     def _refused(self, exc: S3Error) -> FailedPrecondition:
         return FailedPrecondition(

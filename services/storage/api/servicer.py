@@ -52,9 +52,13 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 ),
                 ttl_ms=request.ttl.ToMilliseconds() if request.HasField("ttl") else None,
                 request_id=request.request_id,
+                run_token_sha256=request.run_token_sha256,
             )
         )
         return _grant(grant)
+
+    async def RenewGrant(self, request: storage_pb2.RenewGrantRequest, context: Context) -> storage_pb2.Grant:
+        return _grant(await self._broker.renew_grant(request.name, request.run_token))
 
     async def RevokeGrant(self, request: storage_pb2.RevokeGrantRequest, context: Context) -> storage_pb2.Grant:
         return _grant(await self._broker.revoke_grant(request.name))
@@ -72,6 +76,13 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             objects=[_object(meta) for meta in listing.objects], next_page_token=listing.next_page_token
         )
 
+    async def PurgeObjects(
+        self, request: storage_pb2.PurgeObjectsRequest, context: Context
+    ) -> storage_pb2.PurgeObjectsResponse:
+        location = _location(request.location) if request.HasField("location") else None
+        purged = await self._broker.purge_objects(request.parent, location, request.force)
+        return storage_pb2.PurgeObjectsResponse(purge_count=purged.count, purge_sample=list(purged.sample))
+
     async def CreateConnection(
         self, request: storage_pb2.CreateConnectionRequest, context: Context
     ) -> storage_pb2.Connection:
@@ -86,6 +97,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 secret_access_key=given.secret_access_key,
                 request_id=request.request_id,
                 presigned_urls=given.presigned_urls,
+                replace_secret=request.replace_secret,
             )
         )
         return _connection(connection)

@@ -5,9 +5,16 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from services.common.errors import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from services.common.pagination import decode_token, encode_token, page_size
 from services.storage.domain.connections import (
     CreateConnection,
@@ -22,6 +29,7 @@ from services.storage.domain.grants import (
     expire_ms,
     parse_grant_name,
     raise_if_any,
+    token_matches,
     validate_create,
 )
 from services.storage.domain.locations import location_violations
@@ -33,6 +41,7 @@ from services.storage.domain.model import (
     Grant,
     Location,
     ObjectMeta,
+    Purge,
 )
 from services.storage.domain.ports import ConnectionRepository, GrantRepository, ObjectStore
 
@@ -44,6 +53,7 @@ MAX_PAGE_SIZE = 1000
 
 
 MAX_CONNECTIONS_PAGE = 100
+PURGE_SAMPLE = 100
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,15 @@ class StorageBroker:
             earlier = await repo.find_by_request_id(account, request.request_id) if request.request_id else None
             if earlier is not None:
                 return earlier
+            existing = await repo.get(account, connection.id) if request.replace_secret else None
+            if existing is not None and _same_store(existing, connection):
+                if existing.secret_access_key == connection.secret_access_key:
+                    return existing
+                # A rotated secret for the same store and key: it replaces the one kept.
+                updated = replace(existing, secret_access_key=connection.secret_access_key)
+                await repo.replace_secret(updated)
+                log.info("connection %s: secret replaced", connection.name)
+                return updated
             raise AlreadyExists(f"connection {connection.name} already exists", metadata={"name": connection.name})
         return stored
 
@@ -168,6 +187,7 @@ class StorageBroker:
             revoke_ms=None,
             request_id=valid.request_id,
             created_ms=now,
+            run_token_sha256=valid.run_token_sha256,
         )
         return await self._grants.insert(grant)
 
@@ -185,6 +205,50 @@ class StorageBroker:
                 continue
             await store.revoke(account, grant_id)
         return grant
+
+    async def renew_grant(self, name: str, run_token: str) -> Grant:
+        """Fresh credentials for a live grant, for its run's runner (proved by the run token)."""
+        account, grant_id = parse_grant_name(name)
+        if not run_token:
+            raise InvalidArgument.field("run_token", "is required")
+        grant = await self._grants.get(account, grant_id)
+        # An unknown grant and a wrong token answer alike: the caller learns nothing about other grants.
+        if grant is None or not token_matches(run_token, grant.run_token_sha256):
+            raise PermissionDenied("the run token does not renew this grant", reason="RUN_TOKEN_INVALID")
+        now = self._clock()
+        if grant.revoke_ms is not None:
+            raise FailedPrecondition(f"grant {name} was revoked: its run ended", reason="GRANT_REVOKED")
+        if grant.expire_ms <= now:
+            raise FailedPrecondition(f"grant {name} has expired", reason="GRANT_EXPIRED")
+        by_connection: dict[str, list[int]] = {}
+        for index, access in enumerate(grant.accesses):
+            by_connection.setdefault(access.location.connection, []).append(index)
+        methods = list(grant.accesses)
+        for connection, indices in by_connection.items():
+            store = await self.store_for(account, connection)
+            asked = [(grant.accesses[i].location, grant.accesses[i].mode) for i in indices]
+            issued = await store.grant(account, grant_id, asked, grant.expire_ms)
+            for index, method in zip(indices, issued, strict=True):
+                methods[index] = Access(grant.accesses[index].location, grant.accesses[index].mode, method)
+        renewed = replace(grant, accesses=tuple(methods))
+        if not await self._grants.renew(renewed):
+            # Revoked while we renewed: what the store just issued must stop working too.
+            for connection in by_connection:
+                await (await self.store_for(account, connection)).revoke(account, grant_id)
+            raise FailedPrecondition(f"grant {name} was revoked: its run ended", reason="GRANT_REVOKED")
+        return renewed
+
+    async def purge_objects(self, parent: str, location: Location | None, force: bool) -> Purge:
+        violations: list[FieldViolation] = []
+        account = account_or_violation(parent, violations)
+        violations.extend(location_violations(location, "location"))
+        raise_if_any(violations)
+        assert location is not None
+        store = await self.store_for(account, location.connection)
+        purged = await store.purge_objects(account, location, force)
+        if force:
+            log.info("purged %d objects under %s/%s", purged.count, location.bucket, location.prefix)
+        return purged
 
     async def write_object(self, parent: str, location: Location | None, data: bytes) -> ObjectMeta:
         violations: list[FieldViolation] = []
@@ -211,3 +275,12 @@ class StorageBroker:
         page = await store.list_objects(account, location, offset, limit)
         next_token = encode_token(offset + len(page.objects), query) if page.more else ""
         return ObjectListing(page.objects, next_token)
+
+
+def _same_store(a: Connection, b: Connection) -> bool:
+    return (a.endpoint, a.access_key_id, a.region, a.presigned_urls) == (
+        b.endpoint,
+        b.access_key_id,
+        b.region,
+        b.presigned_urls,
+    )

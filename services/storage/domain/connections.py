@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -22,10 +23,12 @@ class CreateConnection:
     connection_id: str
     endpoint: str
     region: str
-    access_key_id: str
-    secret_access_key: str
+    access_key_id: str = dataclasses.field(repr=False)
+    secret_access_key: str = dataclasses.field(repr=False)
     request_id: str
     presigned_urls: bool = False
+    # A connection with this id, endpoint and access key gets this secret in place of its own.
+    replace_secret: bool = False
 
 
 def validate_create(request: CreateConnection) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.errors import FieldViolation, InvalidArgument
 from services.common.names import parse_account, parse_run
@@ -15,6 +17,7 @@ MAX_ACCESSES = 100
 
 _ID = r"[a-z0-9][a-z0-9-]{0,62}"
 _GRANT_NAME = re.compile(rf"^accounts/({_ID})/grants/({_ID})$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class CreateGrant:
     accesses: tuple[AccessRequest, ...]
     ttl_ms: int | None
     request_id: str
+    run_token_sha256: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class ValidGrantRequest:
     accesses: tuple[tuple[Location, AccessMode], ...]
     ttl_ms: int
     request_id: str
+    run_token_sha256: str = field(default="", repr=False)
 
 
 def raise_if_any(violations: list[FieldViolation]) -> None:
@@ -87,6 +92,11 @@ def validate_create(request: CreateGrant, max_ttl_s: int) -> ValidGrantRequest:
         if access.mode is None:
             violations.append(FieldViolation(f"accesses[{index}].mode", "must be READ or WRITE"))
     violations.extend(ttl_violations(request.ttl_ms, max_ttl_s))
+    if request.run_token_sha256:
+        if not _SHA256_HEX.match(request.run_token_sha256):
+            violations.append(FieldViolation("run_token_sha256", "must be 64 lower-case hex digits"))
+        elif not request.run:
+            violations.append(FieldViolation("run_token_sha256", "needs run: only a run's grant is renewable"))
     if len(request.request_id) > MAX_REQUEST_ID_CHARS:
         violations.append(FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"))
     raise_if_any(violations)
@@ -96,7 +106,16 @@ def validate_create(request: CreateGrant, max_ttl_s: int) -> ValidGrantRequest:
         for access in request.accesses
         if access.location is not None and access.mode is not None
     )
-    return ValidGrantRequest(account, request.run, checked, request.ttl_ms, request.request_id)
+    return ValidGrantRequest(
+        account, request.run, checked, request.ttl_ms, request.request_id, request.run_token_sha256
+    )
+
+
+def token_matches(run_token: str, run_token_sha256: str) -> bool:
+    """Whether `run_token` is the token whose SHA-256 the grant holds (in constant time)."""
+    if not run_token or not run_token_sha256:
+        return False
+    return hmac.compare_digest(hashlib.sha256(run_token.encode()).hexdigest(), run_token_sha256)
 
 
 def parse_grant_name(name: str, field: str = "name") -> tuple[str, str]:

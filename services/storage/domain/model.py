@@ -122,6 +122,8 @@ class Grant:
     # Idempotency key; "" when the caller gave none.
     request_id: str
     created_ms: int
+    # SHA-256 (hex) of the run token that may renew the grant; "" when it is not renewable.
+    run_token_sha256: str = field(default="", repr=False)
 
     @property
     def name(self) -> str:
@@ -142,6 +144,22 @@ class ObjectPage:
     objects: tuple[ObjectMeta, ...]
     # Whether objects follow this page.
     more: bool
+
+
+@dataclass(frozen=True)
+class Purge:
+    """What a purge deleted (or, without force, would delete): how many objects, and some of their keys."""
+
+    count: int
+    sample: tuple[str, ...]
+
+
+def under_folder(prefix: str, key: str) -> bool:
+    """Whether `key` lies under `prefix` taken as a folder: "data" covers "data" and "data/…", not "data-old"."""
+    if not prefix:
+        return True
+    folder = prefix if prefix.endswith("/") else prefix + "/"
+    return key == prefix.rstrip("/") or key.startswith(folder)
 
 
 def grant_name(account: str, grant_id: str) -> str:

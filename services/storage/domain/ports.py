@@ -13,6 +13,7 @@ from services.storage.domain.model import (
     Location,
     ObjectMeta,
     ObjectPage,
+    Purge,
 )
 
 
@@ -47,6 +48,10 @@ class ObjectStore(Protocol):
         """
         ...
 
+    async def purge_objects(self, account: str, location: Location, force: bool) -> Purge:
+        """Deletes (with `force`; else only counts) the objects under `location.prefix` as a folder."""
+        ...
+
 
 class GrantRepository(Protocol):
     async def get(self, account: str, grant_id: str) -> Grant | None: ...
@@ -59,6 +64,10 @@ class GrantRepository(Protocol):
 
     async def revoke(self, account: str, grant_id: str, now_ms: int) -> Grant | None:
         """Marks the grant revoked at `now_ms` (a revoked grant keeps its first revoke time)."""
+        ...
+
+    async def renew(self, grant: Grant) -> bool:
+        """Stores `grant`'s (renewed) accesses, unless it was revoked meanwhile; whether it stored them."""
         ...
 
 
@@ -76,3 +85,7 @@ class ConnectionRepository(Protocol):
         ...
 
     async def delete(self, account: str, connection_id: str) -> bool: ...
+
+    async def replace_secret(self, connection: Connection) -> bool:
+        """Stores `connection`'s secret in place of the one kept for its (account, id); whether it existed."""
+        ...

@@ -1,0 +1,321 @@
+"""The kubernetes backend end to end: the real services, our scheduler binding pods in the API stand-in.
+
+3 nodes × 4 GPUs of 2 types (two H100 nodes, one A100 node). A fake kubelet runs each bound
+pod's runner (the real `python -m dlaas.runner`), which reports to the real scheduler. What is
+shown here is shown against the stand-in (tests/kubernetes/apiserver.py), not a real cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+import kubernetes_validate
+import pytest
+from kubernetes import client
+
+from dlaas.gateway.v1 import cluster_pb2, cluster_pb2_grpc, gateway_pb2
+from dlaas.types.v1 import run_pb2
+from services.scheduler.adapters.kubernetes_manifests import learners_service_manifest
+from services.scheduler.app import build_server as build_scheduler
+from services.scheduler.settings import SchedulerSettings, Tier
+from tests.conftest import DatabaseFactory
+from tests.kubernetes.apiserver import ApiServer, node_object
+from tests.kubernetes.kubelet import FakeKubelet
+from tests.support import (
+    TERMINAL,
+    Platform,
+    closed_usage_records,
+    read_logs,
+    start_platform,
+    submit,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+NAMESPACE = "dlaas-runs"
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-40GB"
+NODES = {"h100-a": H100, "h100-b": H100, "a100-a": A100}
+TIERS = {
+    "free": Tier(max_gpus=1, max_queued_runs=100),
+    "standard": Tier(max_gpus=16, max_queued_runs=100),
+}
+
+
+@pytest.fixture
+def api() -> Iterator[ApiServer]:
+    with ApiServer() as server:
+        for name, product in NODES.items():
+            server.call(partial(server.create, "nodes", None, node_object(name, product, 4)))
+        yield server
+
+
+@pytest.fixture
+def kubelet(api: ApiServer, tmp_path: Path) -> Iterator[FakeKubelet]:
+    with FakeKubelet(api, tmp_path / "kubelet", set(NODES)) as fake:
+        yield fake
+
+
+async def _platform(
+    sqlite_databases: DatabaseFactory, tmp_path: Path, api: ApiServer, tier: str
+) -> AsyncIterator[Platform]:
+    platform = await start_platform(
+        sqlite_databases,
+        tmp_path,
+        tiers=dict(TIERS),
+        scheduler_settings={
+            "backend": "kubernetes",
+            "kubernetes_api_url": api.url,
+            "kubernetes_namespace": NAMESPACE,
+            "kubernetes_images": {"python": "registry.example/dlaas/runner:1.0"},
+            "kubernetes_termination_grace_s": 30,
+        },
+    )
+    if tier != "free":
+        platform.channel = await platform.account_channel("team", tier)
+    yield platform
+    await platform.stop()
+
+
+@pytest.fixture
+async def standard(
+    sqlite_databases: DatabaseFactory, tmp_path: Path, api: ApiServer, kubelet: FakeKubelet
+) -> AsyncIterator[Platform]:
+    async for platform in _platform(sqlite_databases, tmp_path, api, "standard"):
+        yield platform
+
+
+@pytest.fixture
+async def free(
+    sqlite_databases: DatabaseFactory, tmp_path: Path, api: ApiServer, kubelet: FakeKubelet
+) -> AsyncIterator[Platform]:
+    async for platform in _platform(sqlite_databases, tmp_path, api, "free"):
+        yield platform
+
+
+def manifest(command: str, *, gpus: int, gpu_type: str = "", learners: int = 1) -> str:
+    wanted = f", gpu_type: {gpu_type}" if gpu_type else ""
+    return textwrap.dedent(
+        f"""\
+        name: k8s
+        framework: {{name: python}}
+        command: {json.dumps(command)}
+        resources: {{gpus: {gpus}, learners: {learners}, cpus: 2, memory: 4GiB{wanted}}}
+        results: {{bucket: results}}
+        """
+    )
+
+
+def pods_of(api: ApiServer, run: str) -> list[dict[str, Any]]:
+    return [p for p in api.of("pods") if p["metadata"]["annotations"]["dlaas.io/run"] == run]
+
+
+def run_id(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def validate_strictly(obj: dict[str, Any]) -> None:
+    """The wire form against the real OpenAPI schema, unknown fields refused."""
+    wire = {k: v for k, v in obj.items() if k not in ("_plural", "status")}
+    kubernetes_validate.validate(wire, "1.32", strict=True)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """Waits for something the fake kubelet does in its own time (not a timing assertion)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+def assert_terminal_once(run: gateway_pb2.Run) -> None:
+    ends = [t for t in run.status.transitions if t.state in TERMINAL]
+    assert len(ends) == 1, [run_pb2.RunState.Name(t.state) for t in run.status.transitions]
+
+
+async def test_runs_are_bound_to_nodes_of_their_gpu_type_with_their_gpu_count(
+    standard: Platform, api: ApiServer, kubelet: FakeKubelet
+) -> None:
+    on_a100 = await submit(standard.client, manifest("echo trained on $GPU_COUNT GPUs", gpus=3, gpu_type="a100"))
+    on_h100 = await submit(standard.client, manifest("echo hello from h100", gpus=2, gpu_type="h100"))
+    for run in (on_a100, on_h100):
+        done = await wait_for(standard.client, run.name)
+        assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
+        assert_terminal_once(done)
+
+    [a100_pod] = pods_of(api, on_a100.name)
+    assert a100_pod["spec"]["nodeName"] == "a100-a"
+    assert a100_pod["spec"]["schedulerName"] == "dlaas-scheduler"
+    assert a100_pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": A100}
+    resources = a100_pod["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "3"
+    assert resources["requests"]["cpu"] == "2000m" and resources["limits"]["memory"] == "4096Mi"
+    assert a100_pod["spec"]["containers"][0]["image"] == "registry.example/dlaas/runner:1.0"
+    [h100_pod] = pods_of(api, on_h100.name)
+    assert h100_pod["spec"]["nodeName"] in ("h100-a", "h100-b")
+    assert ("a100-a", 3) in {(node, gpus) for _, node, gpus in kubelet.started}
+
+    # The run's token and grant are in a Secret its pod owns; nothing else holds them.
+    [secret] = [s for s in api.of("secrets") if s["metadata"]["name"] == a100_pod["metadata"]["name"]]
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == a100_pod["metadata"]["uid"]
+    assert "run_token" not in json.dumps(a100_pod)
+    assert "trained on 3 GPUs" in await read_logs(standard.client, on_a100.name)
+
+    for obj in (a100_pod, h100_pod, secret):
+        validate_strictly(obj)
+    # Cleaning up the run's pod takes its Secret with it.
+    core: Any = client.CoreV1Api(client.ApiClient(client.Configuration(host=api.url)))
+    core.delete_namespaced_pod(a100_pod["metadata"]["name"], NAMESPACE, _preload_content=False)
+    await until(lambda: not [s for s in api.of("secrets") if s["metadata"]["name"] == a100_pod["metadata"]["name"]])
+
+
+async def test_a_two_learner_gang_is_bound_all_at_once_or_not_at_all(
+    standard: Platform, api: ApiServer, kubelet: FakeKubelet
+) -> None:
+    # The first try to bind the gang's second pod fails: the attempt is undone, the run queued again.
+    handler: Any = api.handler
+    handler["post", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+-a1-1/binding")][:1] << 500
+    gang = await submit(
+        standard.client,
+        manifest("echo learner $LEARNER_ID of $NUM_LEARNERS rank $RANK at $MASTER_ADDR", gpus=4, learners=2),
+    )
+    done = await wait_for(standard.client, gang.name)
+    assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
+    assert_terminal_once(done)
+    assert done.status.attempt == 2
+    # Billed for every learner's GPUs, each attempt once (the failed one from assignment to its undoing).
+    records = await closed_usage_records(standard.client, done)
+    assert sorted((r.attempt, r.gpus) for r in records) == [(1, 8), (2, 8)]
+
+    first = [p for p in pods_of(api, gang.name) if p["metadata"]["labels"]["dlaas.io/attempt"] == "1"]
+    assert first == []  # nothing of the failed attempt is left bound (or at all)
+    pods = pods_of(api, gang.name)
+    assert sorted(p["spec"]["nodeName"] for p in pods) == ["h100-a", "h100-b"]
+    # Every learner is under the runs' headless Service (deployed with the platform): DNS names for the gang.
+    learners = learners_service_manifest(NAMESPACE)
+    assert {p["spec"]["subdomain"] for p in pods} == {learners["metadata"]["name"]}
+    assert all(learners["spec"]["selector"].items() <= p["metadata"]["labels"].items() for p in pods)
+    assert api.of("services") == []  # the scheduler makes none (its Role has no rights on Services)
+    for obj in pods:
+        validate_strictly(obj)
+    started = [(pod, node, gpus) for pod, node, gpus in kubelet.started if pod.startswith(run_id(gang.name))]
+    assert {node for _, node, _ in started} == {"h100-a", "h100-b"} and {g for _, _, g in started} == {4}
+    log = await read_logs(standard.client, gang.name)
+    assert f"learner 1 of 2 rank 0 at {run_id(gang.name)}-a2-0.dlaas-learners.{NAMESPACE}.svc" in log
+
+
+async def test_a_free_accounts_second_run_stays_queued(free: Platform, api: ApiServer) -> None:
+    sleep = manifest("sleep 2", gpus=1)
+    first = await submit(free.client, sleep)
+    second = await submit(free.client, sleep)
+    await wait_for(free.client, first.name, {run_pb2.RUN_STATE_RUNNING})
+    queued = await free.client.GetRun(gateway_pb2.GetRunRequest(name=second.name))
+    assert queued.status.state == run_pb2.RUN_STATE_QUEUED
+    assert pods_of(api, second.name) == []
+    for run in (first, second):
+        done = await wait_for(free.client, run.name)
+        assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
+        assert_terminal_once(done)
+
+
+async def test_a_watch_expiring_with_410_gone_loses_no_run(standard: Platform, api: ApiServer) -> None:
+    runs = [await submit(standard.client, manifest("sleep 1", gpus=1)) for _ in range(3)]
+    await wait_for(standard.client, runs[0].name, {run_pb2.RUN_STATE_RUNNING})
+    api.compact()  # every open watch is told 410 Gone; the backend lists again
+    await until(lambda: api.gone_sent >= 2)  # the pods' watch and the nodes'
+    for run in runs:
+        done = await wait_for(standard.client, run.name)
+        assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
+        assert_terminal_once(done)
+
+
+async def test_a_node_going_not_ready_under_a_run_requeues_it(
+    standard: Platform, api: ApiServer, kubelet: FakeKubelet
+) -> None:
+    run = await submit(standard.client, manifest("sleep 30", gpus=4, gpu_type="a100"))
+    await wait_for(standard.client, run.name, {run_pb2.RUN_STATE_RUNNING})
+    victim = await submit(standard.client, manifest("sleep 1", gpus=4, gpu_type="h100"))
+    await wait_for(standard.client, victim.name, {run_pb2.RUN_STATE_RUNNING})
+    [pod] = pods_of(api, victim.name)
+    kubelet.lose_node(pod["spec"]["nodeName"])
+    done = await wait_for(standard.client, victim.name)
+    assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
+    assert done.status.attempt == 2
+    assert_terminal_once(done)
+    [second] = [p for p in pods_of(api, victim.name) if p["metadata"]["labels"]["dlaas.io/attempt"] == "2"]
+    assert second["spec"]["nodeName"] != pod["spec"]["nodeName"]
+    await standard.client.CancelRun(gateway_pb2.CancelRunRequest(name=run.name))
+    cancelled = await wait_for(standard.client, run.name)
+    assert cancelled.status.state == run_pb2.RUN_STATE_CANCELLED
+    assert_terminal_once(cancelled)
+    await until(lambda: pods_of(api, run.name) == [])  # cancel deleted the pod (gracefully: the runner stopped first)
+
+
+async def test_a_restarted_scheduler_adopts_its_pods_by_label(
+    standard: Platform, api: ApiServer, kubelet: FakeKubelet, sqlite_databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    run = await submit(standard.client, manifest("sleep 3; echo survived", gpus=2))
+    await wait_for(standard.client, run.name, {run_pb2.RUN_STATE_RUNNING})
+    port = standard.scheduler.port
+    await standard.scheduler.stop(0)
+    standard.scheduler = await build_scheduler(
+        SchedulerSettings(
+            database_url=sqlite_databases.url("scheduler"),
+            port=port,
+            storage_address=standard.storage.address,
+            metering_address=standard.metering.address,
+            tiers=dict(TIERS),
+            backend="kubernetes",
+            kubernetes_api_url=api.url,
+            kubernetes_namespace=NAMESPACE,
+            kubernetes_images={"python": "registry.example/dlaas/runner:1.0"},
+        )
+    )
+    await standard.scheduler.start()
+    done = await wait_for(standard.client, run.name)
+    assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
+    assert done.status.attempt == 1  # adopted, not started again
+    assert_terminal_once(done)
+    assert len(pods_of(api, run.name)) == 1
+    assert "survived" in await read_logs(standard.client, run.name)
+
+
+async def test_a_cordoned_node_takes_no_new_run_but_keeps_its_running_one(standard: Platform, api: ApiServer) -> None:
+    running = await submit(standard.client, manifest("sleep 2", gpus=4, gpu_type="a100"))
+    await wait_for(standard.client, running.name, {run_pb2.RUN_STATE_RUNNING})
+    api.call(
+        partial(api.update, ("nodes", None, "a100-a"), lambda node: node["spec"].__setitem__("unschedulable", True))
+    )
+    done = await wait_for(standard.client, running.name)
+    assert done.status.state == run_pb2.RUN_STATE_COMPLETED and done.status.attempt == 1, done.status.message
+    assert_terminal_once(done)
+    cluster = cluster_pb2_grpc.ClusterServiceStub(standard.admin)
+    for _ in range(600):  # `dlaas nodes` stops listing it once the scheduler has seen the cordon
+        nodes = await cluster.ListNodes(cluster_pb2.ListNodesRequest())
+        if "a100-a" not in {n.name for n in nodes.nodes}:
+            break
+        await asyncio.sleep(0.05)
+    assert {n.name for n in nodes.nodes} == {"h100-a", "h100-b"}
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # no schedulable A100 node is left
+        await submit(standard.client, manifest("true", gpus=1, gpu_type="a100"))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_gang_losing_a_learners_pod_ends_the_attempt_and_runs_again(standard: Platform, api: ApiServer) -> None:
+    gang = await submit(standard.client, manifest("sleep 3", gpus=2, learners=2, gpu_type="h100"))
+    await wait_for(standard.client, gang.name, {run_pb2.RUN_STATE_RUNNING})
+    core: Any = client.CoreV1Api(client.ApiClient(client.Configuration(host=api.url)))
+    core.delete_namespaced_pod(f"{run_id(gang.name)}-a1-1", NAMESPACE, grace_period_seconds=0, _preload_content=False)
+    done = await wait_for(standard.client, gang.name)
+    assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
+    assert done.status.attempt == 2
+    assert_terminal_once(done)
+    await until(lambda: all(p["metadata"]["labels"]["dlaas.io/attempt"] == "2" for p in pods_of(api, gang.name)))
