@@ -169,3 +169,25 @@ async def test_the_monthly_allowance_holds_runs_that_would_exceed_it_and_refuses
         await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=too_long.name))
     finally:
         await p.stop()
+
+
+async def test_arrivals_while_every_gpu_is_busy_wait_then_start_as_gpus_free(
+    sqlite_databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    """With the only GPU held, arrivals wake no decision round; the queue still shows them with
+    their reason, and each starts once the GPU is free."""
+    p = await start_platform(sqlite_databases, tmp_path, virtual_gpus=1)
+    try:
+        holder = await submit(p.client, manifest("python -c 'import time; time.sleep(1.5)'"))
+        await wait_for(p.client, holder.name, {run_pb2.RUN_STATE_RUNNING})
+        later = [await submit(p.client, manifest("python -c 'print(1)'", name=f"later-{i}")) for i in range(3)]
+        queue = await cluster_pb2_grpc.ClusterServiceStub(p.channel).ListQueue(cluster_pb2.ListQueueRequest())
+        assert [e.run for e in queue.entries] == [r.name for r in later]
+        assert [e.position for e in queue.entries] == [1, 2, 3] and all(e.wait_reason for e in queue.entries)
+        done = [await wait_for(p.client, r.name) for r in [holder, *later]]
+        assert all(r.status.state == run_pb2.RUN_STATE_COMPLETED for r in done)
+        spans = [interval(r) for r in done]
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert start >= end  # one GPU: one run at a time, in order
+    finally:
+        await p.stop()

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.scheduler.domain.model import Allocation, Decisions, LiveRun, Node, QueuedRun, TierLimits
-from services.scheduler.domain.placement import decide, never_fits
+from services.scheduler.domain.placement import decide, free_gpu_count, never_fits
 
 TYPES = ["a100", "h100", "v100"]
 
@@ -204,3 +204,18 @@ def test_fair_shares_under_contention_follow_the_weights(weights: list[float], n
         fair = capacity * tier.weight / sum(weights)
         # Whole GPUs cannot split exactly: no divisor method keeps every share within one GPU.
         assert abs(held[account] - fair) < 2, (held, weights)
+
+
+@settings(max_examples=200, deadline=None)
+@given(workloads())
+def test_while_no_gpu_is_free_no_run_with_gpus_can_start(workload) -> None:
+    """The runtime skips rounds for arrivals while no GPU is free: safe only if no round could place one."""
+    nodes, tiers, runs = workload
+    schedulable = {n.name: n.gpu_count for n in nodes if n.schedulable}
+    for _, _, live, pending in simulate(nodes, tiers, runs):
+        free = free_gpu_count(nodes, [r.allocations for r in live])
+        held = sum(len(a.gpu_indices) for r in live for a in r.allocations if a.node in schedulable)
+        assert free == sum(schedulable.values()) - held
+        if free == 0:
+            again = decide(pending, live, nodes, tiers)
+            assert all(not a.gpu_indices for x in again.assignments for a in x.allocations)

@@ -17,7 +17,6 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,6 +32,8 @@ run_specs = Table(
     Column("manifest", Text, nullable=False),  # as submitted, minus inline credentials
     Column("spec", LargeBinary, nullable=False),  # dlaas.types.v1.RunSpec
     Column("code_key", String(300), nullable=True),
+    # Unused since retries always go to the scheduler again (idempotent on the run name); kept
+    # so that the schema needs no migration.
     Column("submitted", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
     UniqueConstraint("account", "request_id", name="uq_gateway_run_specs_request"),
@@ -83,10 +84,6 @@ class SpecRepository:
         except IntegrityError:
             return False
         return True
-
-    async def mark_submitted(self, name: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(run_specs).where(run_specs.c.name == name).values(submitted=True))
 
     async def remove(self, name: str) -> None:
         async with self.engine.begin() as conn:

@@ -122,8 +122,7 @@ class Gateway:
         return await self._submit(stored, parsed.spec, code, tier)
 
     async def _resubmit(self, stored: StoredSpec, tier: str) -> scheduler_pb2.Run:
-        if stored.submitted:
-            return await self.get_run(stored.name)
+        """A retry: handed to the scheduler again, which answers with the run it already holds."""
         code = (
             run_pb2.ObjectLocation(bucket=self.settings.code_bucket, prefix=stored.code_key)
             if stored.code_key
@@ -145,7 +144,6 @@ class Gateway:
             if exc.code() in _REFUSALS:
                 await self.specs.remove(stored.name)  # nothing half-written
             raise
-        await self.specs.mark_submitted(stored.name)
         return queued
 
     async def get_run(self, name: str) -> scheduler_pb2.Run:

@@ -154,6 +154,16 @@ class _Reservation:
     gpus: dict[str, set[int]]  # node → reserved free indices
 
 
+def free_gpu_count(nodes: Sequence[Node], held: Iterable[Sequence[Allocation]]) -> int:
+    """GPUs of the schedulable nodes that no allocation in `held` holds."""
+    free = FreeGpus(nodes)
+    for allocations in held:
+        for allocation in allocations:
+            if allocation.node in free.nodes:
+                free.take(allocation.node, allocation.gpu_indices)
+    return sum(len(indices) for indices in free.free.values())
+
+
 def decide(
     queued: Sequence[QueuedRun],
     live: Sequence[LiveRun],

@@ -61,7 +61,7 @@ from services.scheduler.domain.model import (
     results_location,
     state_name,
 )
-from services.scheduler.domain.placement import decide, never_fits, over_allowance
+from services.scheduler.domain.placement import decide, free_gpu_count, never_fits, over_allowance
 from services.scheduler.runtime.metrics_relay import MetricsRelay
 from services.scheduler.settings import SchedulerSettings, Tier
 
@@ -144,6 +144,15 @@ class Scheduler:
         self._outbox_wake = asyncio.Event()
         self.cluster = ClusterRepository()
         self._waiting: dict[str, Waiting] = {}
+        # Free GPUs after the last round (None: no round yet). While none is free, an arrival that
+        # needs GPUs cannot be placed, and wakes no round: the next event that frees GPUs (a run's
+        # end, undrain, a node) does, and places it then. Rounds cost O(queue): skipping them is
+        # what keeps submissions fast while the cluster is full.
+        self._free_gpus: int | None = None
+        self._tiers_cache: dict[str, str] = {}
+        self._tiers_loaded = False
+        self._unseen_arrivals = False
+        self._rounds = 0
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._watchers: dict[str, set[asyncio.Queue[None]]] = defaultdict(set)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -171,8 +180,7 @@ class Scheduler:
         refusal = self.backend.refusal(spec)
         if refusal is not None:
             raise FailedPrecondition(refusal[0], reason=refusal[1])
-        async with self.engine.connect() as conn:
-            tier = (await self.cluster.tiers(conn)).get(account, tier)
+        tier = (await self._account_tiers()).get(account, tier)
         limits = self._tier(tier)
         runtime_s = limits.max_runtime_s
         if spec.HasField("max_runtime") and spec.max_runtime.seconds > 0:
@@ -219,8 +227,10 @@ class Scheduler:
                             f"the account's tier allows {limits.max_queued_runs} queued runs; wait for some to start",
                             reason="QUEUE_FULL",
                         )
-                    await self.cluster.set_tier(conn, account, tier, only_if_new=True)
+                    if account not in (await self._account_tiers()):
+                        await self.cluster.set_tier(conn, account, tier, only_if_new=True)
                     await self.repo.insert(conn, row, row.created_ms)
+                self._tiers_cache.setdefault(account, tier)
                 break
             except IntegrityError:
                 continue  # a concurrent insert (this run, or the account's first tier row): look again
@@ -228,8 +238,19 @@ class Scheduler:
             raise Aborted(f"{run.name} could not be queued under concurrent submissions; retry it")
         row.transitions = [(QUEUED, row.created_ms)]
         log.info("queued %s (%d GPU)", run.name, row.gpus)
-        self._wake.set()
+        if row.gpus == 0 or self._free_gpus is None or self._free_gpus > 0:
+            self._wake.set()
+        else:
+            self._unseen_arrivals = True
         return row
+
+    async def _account_tiers(self) -> dict[str, str]:
+        """Each account's tier. This scheduler is the only writer of the table: read once, then kept."""
+        if not self._tiers_loaded:
+            async with self.engine.connect() as conn:
+                self._tiers_cache.update(await self.cluster.tiers(conn))
+            self._tiers_loaded = True
+        return self._tiers_cache
 
     async def set_tier(self, account: str, tier: str) -> Tier:
         if tier not in self.settings.tiers:
@@ -237,6 +258,7 @@ class Scheduler:
             raise InvalidArgument.field("tier", f"unknown tier {tier!r} (known: {known})")
         async with self._lock, self.engine.begin() as conn:
             await self.cluster.set_tier(conn, account, tier)
+        self._tiers_cache[account] = tier
         log.info("account %s is now on tier %s", account, tier)
         self._wake.set()  # a quota change is a decision event
         return self.settings.tiers[tier]
@@ -263,6 +285,13 @@ class Scheduler:
         return [(Node(n.name, n.gpu_type, n.gpu_count, n.name not in drained), used[n.name]) for n in self.nodes]
 
     async def queue(self, account: str | None) -> list[tuple[RunRow, Waiting]]:
+        if self._unseen_arrivals:  # positions and reasons of runs no round has seen yet
+            target = self._rounds + 1
+            self._wake.set()
+            for _ in range(500):
+                if self._rounds >= target:
+                    break
+                await asyncio.sleep(0.01)
         async with self.engine.connect() as conn:
             queued = await self.repo.in_states(conn, {QUEUED})
         entries = [
@@ -287,7 +316,8 @@ class Scheduler:
         return runs, total
 
     def waiting(self, name: str) -> Waiting:
-        return self._waiting.get(name, Waiting(0, ""))
+        unseen = "capacity: every GPU is in use" if self._unseen_arrivals and self._free_gpus == 0 else ""
+        return self._waiting.get(name, Waiting(0, unseen))
 
     async def cancel(self, name: str, reason: int) -> RunRow:
         reason = reason or run_pb2.TERMINATION_REASON_USER
@@ -510,7 +540,14 @@ class Scheduler:
                 self._wake.set()
 
     async def _round(self) -> None:
+        try:
+            await self._decide_round()
+        finally:
+            self._rounds += 1
+
+    async def _decide_round(self) -> None:
         launches: list[tuple[RunRow, str]] = []
+        self._unseen_arrivals = False
         # Metering is asked before the lock is taken: a slow answer must not hold up reports and cancels.
         async with self.engine.connect() as conn:
             waiting_accounts = await self.repo.queued_accounts(conn)
@@ -524,8 +561,10 @@ class Scheduler:
                 live = await self.repo.in_states(conn, LIVE)
                 account_tiers = await self.cluster.tiers(conn)
                 drained = await self.cluster.drained(conn)
+            nodes = [Node(n.name, n.gpu_type, n.gpu_count, n.name not in drained) for n in self.nodes]
             if not queued:
                 self._waiting = {}
+                self._free_gpus = None  # nothing waits: the next arrival decides at once
                 return
             limits = {
                 r.account: self._limits(self._tier(account_tiers.get(r.account, r.tier))) for r in [*queued, *live]
@@ -544,15 +583,19 @@ class Scheduler:
                     self._wake.set()
                 elif (used := closed[account]) is not None:
                     remaining[account] = self._left(allowance, used, live, account, now)
+            running = [_live(r, now) for r in live]
             decisions = decide(
                 candidates,
-                [_live(r, now) for r in live],
-                [Node(n.name, n.gpu_type, n.gpu_count, n.name not in drained) for n in self.nodes],
+                running,
+                nodes,
                 limits,
                 now_ms=now,
                 held=over_allowance(candidates, remaining, hours),
             )
             self._waiting = decisions.waiting
+            self._free_gpus = free_gpu_count(
+                nodes, [*(r.allocations for r in running), *(a.allocations for a in decisions.assignments)]
+            )
             by_name = {r.name: r for r in queued}
             async with self.engine.begin() as conn:
                 for assignment in decisions.assignments:
