@@ -7,7 +7,7 @@ PROTO_PACKAGES := types gateway scheduler storage metering
 PROTOS := $(wildcard protos/dlaas/*/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: validate-deploy install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-submit bench-overhead bench-staging bench-metering bench-hpo bench-logs gpu-check gpu-wheels
+.PHONY: load validate-deploy install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-submit bench-overhead bench-staging bench-metering bench-hpo bench-logs gpu-check gpu-wheels
 
 install: $(STAMP) proto
 
@@ -93,6 +93,11 @@ gpu-check: install
 # The wheels the device machine lacks, into .whl/ (bench/README.md: the device command).
 gpu-wheels: install
 	bash bench/gpu_wheels.sh
+
+# 10 accounts × 100 concurrent submissions while 50 clients follow logs and 10 stream metrics
+# (LOAD_ARGS=--seed N reproduces a run); last line: errors and p99 latencies.
+load: install
+	$(PY) -m bench.load $(LOAD_ARGS)
 
 # Every benchmark, one after the other; each prints its figures as its last line.
 bench: bench-scheduler bench-dispatch bench-submit bench-overhead bench-metering bench-staging bench-hpo bench-logs
