@@ -7,7 +7,7 @@ PROTO_PACKAGES := types gateway scheduler storage metering
 PROTOS := $(wildcard protos/dlaas/*/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: load validate-deploy install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-submit bench-overhead bench-staging bench-metering bench-hpo bench-logs gpu-check gpu-wheels
+.PHONY: chaos load validate-deploy install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-submit bench-overhead bench-staging bench-metering bench-hpo bench-logs gpu-check gpu-wheels
 
 install: $(STAMP) proto
 
@@ -98,6 +98,11 @@ gpu-wheels: install
 # (LOAD_ARGS=--seed N reproduces a run); last line: errors and p99 latencies.
 load: install
 	$(PY) -m bench.load $(LOAD_ARGS)
+
+# Kill -9 of services and runners under load; last line: cycles, runs, lost, duplicated, quota
+# violations, ledger difference (CHAOS_ARGS=--seed N reproduces a run).
+chaos: install
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 # Every benchmark, one after the other; each prints its figures as its last line.
 bench: bench-scheduler bench-dispatch bench-submit bench-overhead bench-metering bench-staging bench-hpo bench-logs

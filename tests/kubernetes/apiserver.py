@@ -105,6 +105,7 @@ class ApiServer:
     _events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)  # (version, type, object)
     _compacted: int = 0
     gone_sent: int = 0  # watches told 410 Gone
+    lists: int = 0  # the scheduler's list calls: nodes, and pods of a namespace (not the kubelet's)
     _loop: asyncio.AbstractEventLoop | None = None
     _changed: asyncio.Condition | None = None
     _thread: threading.Thread | None = None
@@ -254,6 +255,8 @@ class ApiServer:
         if method == "GET" and name is None:
             if params.get("watch") in ("true", "1", "True"):
                 return await self._watch(request, plural, namespace)
+            if plural == "nodes" or namespace is not None:
+                self.lists += 1
             items = [
                 self._wire(o)
                 for (p, ns, _), o in list(self.objects.items())

@@ -229,8 +229,15 @@ async def test_a_free_accounts_second_run_stays_queued(free: Platform, api: ApiS
 async def test_a_watch_expiring_with_410_gone_loses_no_run(standard: Platform, api: ApiServer) -> None:
     runs = [await submit(standard.client, manifest("sleep 1", gpus=1)) for _ in range(3)]
     await wait_for(standard.client, runs[0].name, {run_pb2.RUN_STATE_RUNNING})
-    api.compact()  # every open watch is told 410 Gone; the backend lists again
-    await until(lambda: api.gone_sent >= 2)  # the pods' watch and the nodes'
+    lists = api.lists
+    api.compact()  # a watch resuming from before this is told 410 Gone: the backend must list again
+    try:
+        await until(lambda: api.gone_sent >= 1 and api.lists > lists)
+    except TimeoutError:
+        raise AssertionError(f"no list after 410 Gone: gone_sent={api.gone_sent} lists={api.lists}") from None
+    gone = api.gone_sent
+    await asyncio.sleep(1.0)
+    assert api.gone_sent == gone, "a watch keeps resuming from an expired version instead of listing again"
     for run in runs:
         done = await wait_for(standard.client, run.name)
         assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message

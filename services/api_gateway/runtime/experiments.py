@@ -246,7 +246,7 @@ class Experiments:
             if experiment.state == RUNNING:
                 await self.repo.update(name, state=CANCELLED, message="cancelled by the user")
                 for trial in await self.repo.trials(name):
-                    if trial.submitted and trial.state not in TERMINAL_RUN:
+                    if trial.state not in TERMINAL_RUN:  # submitted or perhaps submitted: a lost answer
                         await self._cancel_run(trial.run, run_pb2.TERMINATION_REASON_USER)
         found = await self.repo.get(name)
         assert found is not None
@@ -451,7 +451,7 @@ class Experiments:
         experiment.state, experiment.message = FAILED, message
         await self.repo.update(experiment.name, state=FAILED, message=message)
         for trial in trials:
-            if trial.submitted and trial.state not in TERMINAL_RUN:
+            if trial.state not in TERMINAL_RUN:  # submitted or perhaps submitted: a lost answer
                 await self._cancel_run(trial.run, run_pb2.TERMINATION_REASON_USER)
 
     async def _name_best(
@@ -472,7 +472,8 @@ class Experiments:
                 timeout=30,
             )
         except grpc.aio.AioRpcError as exc:
-            log.warning("cancelling %s: %s", run, exc.code().name)
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # never submitted: nothing to cancel
+                log.warning("cancelling %s: %s", run, exc.code().name)
 
 
 def _run_name(experiment: ExperimentRow, index: int) -> str:

@@ -300,8 +300,11 @@ class KubernetesBackend:
         )
 
     def cancel(self, run: str, attempt: int) -> bool:
-        """Deletes the pods: the kubelet sends the runner SIGTERM, it stops the command and uploads."""
-        if not self.is_alive(run, attempt):
+        """Deletes the pods: the kubelet sends the runner SIGTERM, it stops the command and uploads.
+
+        Pods created but not yet seen bound count too: the runner may start any moment, so the run
+        ends when the pods do (as CANCELLED: the scheduler marked it), never before."""
+        if not self.started(run, attempt) or self._attempt_over(run, attempt):
             return False
         self._spawn(self._delete_attempt(run, attempt, grace_s=None))
         return True
@@ -504,9 +507,12 @@ class KubernetesBackend:
                 if not version:
                     items, version = self._list(what)
                     self._post(what, items, None)
-                for event in self._events(what, version):
+                for raw in self._events(what, version):
                     if self._closed.is_set():
                         return
+                    # The client's ERROR handling (410 Gone → ApiException) needs its own parsing
+                    # (`deserialize` on); we keep working with the object as the server sent it.
+                    event: dict[str, Any] = {"type": raw.get("type"), "object": raw.get("raw_object") or {}}
                     if event.get("type") == "BOOKMARK":
                         version = str(event["object"]["metadata"].get("resourceVersion") or version)
                         continue
@@ -534,7 +540,6 @@ class KubernetesBackend:
             "resource_version": version,
             "timeout_seconds": timeout,  # also turns off the client's own (wrong) retry on 410
             "allow_watch_bookmarks": True,
-            "deserialize": False,
             "_request_timeout": (5, timeout + 5),
         }
         if what == "nodes":

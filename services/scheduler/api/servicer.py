@@ -16,6 +16,8 @@ from services.scheduler.domain.model import QUEUED, Node, Waiting, results_locat
 from services.scheduler.runtime.scheduler import Scheduler
 
 Context = grpc.aio.ServicerContext[Any, Any]
+MAX_POINTS_PER_BATCH = 500  # what the runner sends at most (dlaas.runner.metrics.BATCH_POINTS)
+MAX_METRIC_NAME = 128
 
 
 def to_proto(run: RunRow, waiting: Waiting | None = None) -> scheduler_pb2.Run:
@@ -105,6 +107,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.ReportRunMetricsRequest, context: Context
     ) -> scheduler_pb2.ReportRunMetricsResponse:
         names.parse_run(request.name)
+        # The runner sends at most 500 points a batch; a run's own code holds its token, so the
+        # bounds are enforced here, where the scheduler's memory is at stake.
+        if len(request.points) > MAX_POINTS_PER_BATCH:
+            raise InvalidArgument.field("points", f"at most {MAX_POINTS_PER_BATCH} points a call")
+        for i, point in enumerate(request.points):
+            if not point.name or len(point.name) > MAX_METRIC_NAME:
+                raise InvalidArgument.field(f"points[{i}].name", f"must be 1 to {MAX_METRIC_NAME} characters")
         return scheduler_pb2.ReportRunMetricsResponse(cancel_requested=await self.scheduler.relay_metrics(request))
 
     async def StreamRelayedMetrics(

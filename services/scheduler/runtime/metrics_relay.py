@@ -18,7 +18,9 @@ from functools import partial
 
 from dlaas.types.v1 import run_pb2
 
-DEFAULT_CAPACITY = 20_000  # batches (each up to 500 points; a runner sends at most 5 a second)
+# Batches kept for a gateway that reconnects (each at most 500 points, checked by the servicer):
+# at most ≈ 2 million points, ≈ 150 MB, whatever the runs send.
+DEFAULT_CAPACITY = 4_000
 
 
 @dataclass(frozen=True)

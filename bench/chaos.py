@@ -1,0 +1,334 @@
+"""make chaos: kill anything, lose nothing — checked on the embedded default.
+
+`dlaas up` in a temporary DLAAS_HOME (4 virtual GPUs), 3 accounts (free, standard, premium).
+The standard account runs an experiment of `--trials` short trials (random search, 4 at a time);
+every account submits `--singles` single runs, each writing a result file. Meanwhile, for
+`--cycles` cycles, the harness picks one of: kill -9 a random service, kill -9 the runner of a
+random running run, kill -9 all four services — and restarts what it killed (on its ports) after
+a random delay. Then it waits for every run to end and checks, from the scheduler's records, the
+metering ledger and the object store:
+
+- lost: runs that did not end in exactly one terminal state (or never ended);
+- duplicated: runs whose attempts overlapped in time (ran twice at once);
+- quota_violations: instants when an account held more GPUs than its tier allows;
+- ledger_diff_ms: the sum over attempts of |billed GPU-ms − GPUs × (close − ASSIGNED)|, plus a
+  whole interval for each attempt billed twice or not at all;
+- missing_results: completed single runs whose result file is not in the object store.
+
+Reproducible from `--seed` (printed first, and again on failure). Last line:
+`seed=… cycles=… runs=… lost=0 duplicated=0 quota_violations=0 ledger_diff_ms=0 missing_results=0`.
+Checks from the backend's side (process tables) are not made: only the scheduler's records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.gpu_check import attempt_intervals
+from dlaas import platform
+from dlaas.config import config_path, read_config
+from dlaas.credentials import bearer, with_headers
+from dlaas.gateway.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    experiments_pb2,
+    experiments_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+)
+from dlaas.procs import alive
+from dlaas.types.v1 import run_pb2
+
+TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
+TIER_GPUS = {"free": 1, "standard": 8, "premium": 64}  # the default tiers (services/scheduler/settings.py)
+
+
+def single(seconds: float, name: str) -> str:
+    command = (
+        f'python -c "import os, time; time.sleep({seconds:.2f}); '
+        f"open(os.path.join(os.environ['RESULT_DIR'], 'out.txt'), 'w').write('{name}')\""
+    )
+    return (
+        f"name: {name}\nframework: {{name: python}}\ncommand: {json.dumps(command)}\n"
+        "resources: {gpus: 1}\nresults: {bucket: chaos}\n"
+    )
+
+
+def experiment(trials: int) -> str:
+    command = "python -c \"import time; time.sleep(${t}); print('score=${x}')\""
+    return (
+        f"name: chaos-sweep\nframework: {{name: python}}\ncommand: {json.dumps(command)}\n"
+        "resources: {gpus: 1}\nresults: {bucket: chaos}\nexperiment:\n"
+        "  method: random\n  objective: {metric: score, goal: maximize}\n"
+        f"  max_runs: {trials}\n  max_parallel_runs: 4\n  max_failed_runs: {trials}\n  seed: 3\n"
+        "  parameters:\n    x: {type: double, min: 0, max: 1}\n    t: {type: double, min: 0.2, max: 1.5}\n"
+    )
+
+
+class Platform:
+    def __init__(self, home: Path):
+        self.home = home
+        self.keys = read_config(config_path(home))
+
+    def channel(self, key: str) -> grpc.Channel:
+        address = platform.read_state(self.home)["api_gateway"].address
+        return with_headers(grpc.insecure_channel(address), bearer(key))
+
+    def call(self, key: str, make: Any, method: str, request: Any, attempts: int = 120) -> Any:
+        """One RPC, tried again while the platform is down or restarting (the harness's own doing)."""
+        for _ in range(attempts):
+            try:
+                with self.channel(key) as ch:
+                    return getattr(make(ch), method)(request, timeout=30)
+            except grpc.RpcError as error:
+                if error.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.UNKNOWN,
+                ):
+                    raise
+            except (KeyError, OSError):
+                pass  # the state file is being rewritten
+            time.sleep(0.5)
+        raise RuntimeError(f"{method} failed for a minute")
+
+
+def kill9(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def running_runners(home: Path) -> list[int]:
+    pids = []
+    for pid_file in (home / "jobs").glob("*/*/runner.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text())
+            if alive(pid):
+                pids.append(pid)
+    return pids
+
+
+def chaos(home: Path, rng: random.Random, cycles: int, log: list[str]) -> None:
+    for cycle in range(cycles):
+        time.sleep(rng.uniform(0.3, 2.0))
+        action = rng.choices(["service", "runner", "all"], weights=[5, 4, 1])[0]
+        delay = rng.uniform(0.0, 2.0)
+        state = platform.read_state(home)
+        if action == "runner":
+            runners = running_runners(home)
+            if runners:
+                victim = rng.choice(runners)
+                kill9(victim)
+                log.append(f"cycle {cycle}: kill -9 runner {victim}")
+            continue
+        names = list(state) if action == "all" else [rng.choice(sorted(state))]
+        for name in names:
+            kill9(state[name].pid)
+        log.append(f"cycle {cycle}: kill -9 {', '.join(names)}; back after {delay:.2f} s")
+        time.sleep(delay)
+        for name in platform.SERVICES:
+            if name in names:
+                platform.restart(home, name)
+
+
+def quota_violations(runs: list[tuple[str, str, gateway_pb2.Run]]) -> int:
+    """Instants when an account held more GPUs than its tier allows (sweep over attempt intervals)."""
+    events: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    tiers: dict[str, str] = {}
+    for account, tier, run in runs:
+        tiers[account] = tier
+        for start, end in attempt_intervals(run).values():
+            events[account] += [(start, run.spec.resources.gpus), (end or 1 << 62, -run.spec.resources.gpus)]
+    violations = 0
+    for account, points in events.items():
+        held = 0
+        for _, delta in sorted(points, key=lambda p: (p[0], p[1])):  # ends before starts at one instant
+            held += delta
+            violations += held > TIER_GPUS[tiers[account]]
+    return violations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--cycles", type=int, default=50)
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--singles", type=int, default=10, help="single runs per account")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds for every run to end after the chaos")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    print(f"seed={seed}", flush=True)
+    rng = random.Random(seed)
+    home = Path(tempfile.mkdtemp(prefix="dlaas-chaos-"))
+    os.environ.update(
+        {"DLAAS_HOME": str(home), "DLAAS_SCHEDULER_VIRTUAL_GPUS": "4", "DLAAS_GATEWAY_LOG_LEVEL": "WARNING"}
+    )
+    platform.up(home)
+    log: list[str] = []
+    try:
+        figures = run(home, rng, args, log)
+    except BaseException:
+        print("\n".join(log[-20:]), file=sys.stderr)
+        print(f"chaos failed; reproduce with --seed {seed}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        platform.down(home)
+    print("\n".join(log))
+    print(f"home={home}")
+    print(" ".join(f"{k}={v}" for k, v in {"seed": seed, "cycles": args.cycles, **figures}.items()))
+
+
+def run(home: Path, rng: random.Random, args: argparse.Namespace, log: list[str]) -> dict[str, int]:
+    p = Platform(home)
+    admin = str(p.keys["admin_key"])
+    accounts: dict[str, tuple[str, str]] = {}  # account → (tier, key)
+    for tier in ("free", "standard", "premium"):
+        name = f"chaos-{tier}"
+        created = p.call(
+            admin,
+            accounts_pb2_grpc.AccountServiceStub,
+            "CreateAccount",
+            accounts_pb2.CreateAccountRequest(account_id=name, tier=tier, request_id=uuid.uuid4().hex),
+        )
+        accounts[name] = (tier, created.secret)
+    standard_key = accounts["chaos-standard"][1]
+    exp = p.call(
+        standard_key,
+        experiments_pb2_grpc.ExperimentServiceStub,
+        "CreateExperiment",
+        experiments_pb2.CreateExperimentRequest(manifest=experiment(args.trials), request_id=uuid.uuid4().hex),
+    )
+    singles: list[tuple[str, str]] = []  # (account, run name)
+    for account, (_, key) in accounts.items():
+        for i in range(args.singles):
+            name = f"single-{i}"
+            created = p.call(
+                key,
+                gateway_pb2_grpc.TrainingServiceStub,
+                "CreateRun",
+                gateway_pb2.CreateRunRequest(manifest=single(rng.uniform(0.2, 2.0), name), request_id=uuid.uuid4().hex),
+            )
+            singles.append((account, created.name))
+
+    chaos(home, rng, args.cycles, log)
+
+    # Every run of every account must end; the experiment too.
+    deadline = time.monotonic() + args.timeout
+    while True:
+        found = p.call(
+            standard_key,
+            experiments_pb2_grpc.ExperimentServiceStub,
+            "GetExperiment",
+            experiments_pb2.GetExperimentRequest(name=exp.name),
+        )
+        runs = all_runs(p, accounts)
+        pending = [r.name for _, _, r in runs if r.status.state not in TERMINAL]
+        if found.state != experiments_pb2.EXPERIMENT_STATE_RUNNING and not pending:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ended after the chaos: {pending[:5]} … ({len(pending)}), experiment {found.state}")
+        time.sleep(2)
+    log.append(
+        f"experiment {exp.name}: {experiments_pb2.ExperimentState.Name(found.state)}, {len(found.trials)} trials"
+    )
+
+    lost = duplicated = ledger_diff = missing = 0
+    for account, _, r in runs:
+        terminal = [t for t in r.status.transitions if t.state in TERMINAL]
+        if len(terminal) != 1 or r.status.transitions[-1].state not in TERMINAL:
+            lost += 1
+            log.append(f"lost: {r.name} transitions {[t.state for t in r.status.transitions]}")
+        spans = sorted((s, e or 1 << 62) for s, e in attempt_intervals(r).values())
+        if any(b0 < a1 for (_, a1), (b0, _) in itertools.pairwise(spans)):
+            duplicated += 1
+            log.append(f"duplicated: {r.name} attempts {spans}")
+        ledger_diff += ledger(p, accounts[account][1], r, log)
+    for account, name in singles:
+        r = next(run for a, _, run in runs if run.name == name)
+        if r.status.state == run_pb2.RUN_STATE_COMPLETED and not result_there(p, accounts[account][1], r):
+            missing += 1
+            log.append(f"missing results: {name}")
+    return {
+        "runs": len(runs),
+        "completed": sum(r.status.state == run_pb2.RUN_STATE_COMPLETED for _, _, r in runs),
+        "lost": lost,
+        "duplicated": duplicated,
+        "quota_violations": quota_violations(runs),
+        "ledger_diff_ms": ledger_diff,
+        "missing_results": missing,
+    }
+
+
+def all_runs(p: Platform, accounts: dict[str, tuple[str, str]]) -> list[tuple[str, str, gateway_pb2.Run]]:
+    runs = []
+    for account, (tier, key) in accounts.items():
+        token = ""
+        while True:
+            page = p.call(
+                key,
+                gateway_pb2_grpc.TrainingServiceStub,
+                "ListRuns",
+                gateway_pb2.ListRunsRequest(page_size=1000, page_token=token),
+            )
+            runs += [(account, tier, r) for r in page.runs]
+            token = page.next_page_token
+            if not token:
+                break
+    return runs
+
+
+def ledger(p: Platform, key: str, run: gateway_pb2.Run, log: list[str]) -> int:
+    """|billed − expected| in GPU-ms over the run's closed attempts; a whole interval when an
+    attempt is billed twice or not at all."""
+    gpus = run.spec.resources.gpus
+    expected = {a: gpus * (e - s) for a, (s, e) in attempt_intervals(run).items() if e is not None}
+    for _ in range(60):  # the outbox delivers within moments; records of the last attempts may lag
+        records = p.call(
+            key,
+            gateway_pb2_grpc.TrainingServiceStub,
+            "ListUsageRecords",
+            gateway_pb2.ListUsageRecordsRequest(run=run.name),
+        ).usage_records
+        if len(records) >= len(expected) and not any(r.accruing for r in records):
+            break
+        time.sleep(0.5)
+    billed: dict[int, list[int]] = defaultdict(list)
+    for record in records:
+        billed[record.attempt].append(record.gpu_milliseconds)
+    diff = 0
+    for attempt in set(expected) | set(billed):
+        got, want = billed.get(attempt, []), expected.get(attempt, 0)
+        diff += abs(sum(got) - want) + (want if len(got) > 1 else 0)
+    if diff:
+        log.append(f"ledger: {run.name} billed {dict(billed)}, intervals say {expected}")
+    return diff
+
+
+def result_there(p: Platform, key: str, run: gateway_pb2.Run) -> bool:
+    grant = p.call(
+        key,
+        gateway_pb2_grpc.TrainingServiceStub,
+        "CreateRunResultsGrant",
+        gateway_pb2.CreateRunResultsGrantRequest(name=run.name),
+    )
+    out = Path(grant.local.path) / "out.txt"
+    return out.is_file() and out.read_text() == run.spec.display_name
+
+
+if __name__ == "__main__":
+    main()
