@@ -39,7 +39,6 @@ from typing import Any
 
 import grpc
 
-from bench.gpu_check import attempt_intervals
 from dlaas import platform
 from dlaas.config import config_path, read_config
 from dlaas.credentials import bearer, with_headers
@@ -51,6 +50,7 @@ from dlaas.gateway.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
 )
+from dlaas.intervals import attempt_intervals
 from dlaas.procs import alive
 from dlaas.types.v1 import run_pb2
 

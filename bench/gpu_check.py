@@ -42,6 +42,7 @@ from google.protobuf import json_format
 
 from dlaas import platform
 from dlaas.gateway.v1 import gateway_pb2
+from dlaas.intervals import attempt_intervals
 from dlaas.types.v1 import run_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,21 +366,6 @@ def times(run: gateway_pb2.Run) -> dict[int, int]:
 def end_ms(run: gateway_pb2.Run) -> int | None:
     ends = [t.time.ToMilliseconds() for t in run.status.transitions if t.state in TERMINAL]
     return ends[-1] if ends else None
-
-
-def attempt_intervals(run: gateway_pb2.Run) -> dict[int, tuple[int, int | None]]:
-    """attempt → (ASSIGNED time, close time), as tests/support.attempt_intervals reads them."""
-    intervals: dict[int, tuple[int, int | None]] = {}
-    attempt, opened = 0, None
-    for transition in run.status.transitions:
-        time_ms = transition.time.ToMilliseconds()
-        if transition.state == run_pb2.RUN_STATE_ASSIGNED:
-            attempt, opened = attempt + 1, time_ms
-            intervals[attempt] = (time_ms, None)
-        elif opened is not None and (transition.state in TERMINAL or transition.state == run_pb2.RUN_STATE_QUEUED):
-            intervals[attempt] = (opened, time_ms)
-            opened = None
-    return intervals
 
 
 def billing_mismatch(run: gateway_pb2.Run, records: list[gateway_pb2.UsageRecord]) -> str:

@@ -191,9 +191,10 @@ def _ensure_default_account(root: Path, address: str) -> None:
     admin_key = platform_secrets(root)["admin_key"]
     values = {"admin_key": admin_key}
     path = config.config_path(root)
-    if config.read_config(path).get("endpoint"):
+    existing = config.read_config(path)
+    if existing.get("endpoint"):
         return  # the config is for another platform (`dlaas login --endpoint`): its key stays as it is
-    current = config.read_config(path).get("api_key")
+    current = existing.get("api_key")
     with grpc.insecure_channel(address) as raw:
         if current:
             try:

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from dlaas.credentials import aio_interceptors, bearer
 from dlaas.gateway.v1 import accounts_pb2, accounts_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from dlaas.intervals import attempt_intervals
 from dlaas.platform import healthy
 from dlaas.procs import alive
 from dlaas.types.v1 import run_pb2
@@ -293,22 +294,6 @@ def free_port() -> int:
 
 
 # ---- billing: what the scheduler's transitions say each attempt must be billed ---------------
-
-
-def attempt_intervals(run: gateway_pb2.Run) -> dict[int, tuple[int, int | None]]:
-    """attempt → (ASSIGNED time, close time) from the run's transitions: an attempt closes at the
-    run's end, or when it was lost and queued again; None while it still holds its GPUs."""
-    intervals: dict[int, tuple[int, int | None]] = {}
-    attempt, opened = 0, None
-    for transition in run.status.transitions:
-        time_ms = transition.time.ToMilliseconds()
-        if transition.state == run_pb2.RUN_STATE_ASSIGNED:
-            attempt, opened = attempt + 1, time_ms
-            intervals[attempt] = (time_ms, None)
-        elif opened is not None and (transition.state in TERMINAL or transition.state == run_pb2.RUN_STATE_QUEUED):
-            intervals[attempt] = (opened, time_ms)
-            opened = None
-    return intervals
 
 
 async def closed_usage_records(

@@ -232,7 +232,9 @@ async def test_too_many_failures_fail_the_experiment(sweeper: grpc.aio.Channel) 
     assert done.state == experiments_pb2.EXPERIMENT_STATE_FAILED
     assert "max_failed_runs is 1" in done.message
     assert len(done.trials) == 2
-    assert {g.cause for g in done.failure_groups} <= {"exit code 1", "exit code 2", "exit code 3"}
+    causes = {g.cause for g in done.failure_groups}
+    assert causes and causes <= {"exit code 1", "exit code 2", "exit code 3"}
+    assert sorted(r for g in done.failure_groups for r in g.runs) == sorted(t.run for t in done.trials)
 
 
 async def test_a_trial_that_never_reports_its_objective_is_flagged_while_it_runs(

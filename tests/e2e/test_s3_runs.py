@@ -24,7 +24,7 @@ from minio.error import S3Error
 from dlaas.gateway.v1 import connections_pb2, connections_pb2_grpc, gateway_pb2
 from dlaas.types.v1 import run_pb2
 from tests.s3 import REGION, S3Server, S3User
-from tests.support import Platform, submit, wait_for
+from tests.support import Platform, pack, submit, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -100,12 +100,6 @@ def manifest(store: Store, command: str = "python train.py", connection: str = "
         results: {{connection: {connection}, bucket: {store.results}}}
         """
     )
-
-
-def pack(files: dict[str, str]) -> bytes:
-    from tests.support import pack as pack_files
-
-    return pack_files(files)
 
 
 @pytest.mark.parametrize("databases", ["sqlite"], indirect=True)

@@ -18,6 +18,7 @@ from dlaas.types.v1 import run_pb2
 from services.scheduler.settings import Tier
 from tests.conftest import DatabaseFactory
 from tests.support import (
+    TERMINAL,
     Platform,
     manifest,
     pack,
@@ -39,11 +40,8 @@ async def four_gpus(sqlite_databases: DatabaseFactory, tmp_path: Path) -> AsyncI
 
 
 def interval(run: gateway_pb2.Run) -> tuple[int, int]:
-    end = next(t.time.ToMilliseconds() for t in reversed(run.status.transitions) if t.state in _TERMINAL)
+    end = next(t.time.ToMilliseconds() for t in reversed(run.status.transitions) if t.state in TERMINAL)
     return transition_ms(run, run_pb2.RUN_STATE_ASSIGNED), end
-
-
-_TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
 
 
 async def test_a_free_account_runs_one_at_a_time_while_another_runs_beside_it(

@@ -22,12 +22,15 @@ __all__ = ["Caller", "authenticate", "caller_headers", "gateway_guard"]
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("dlaas_caller", default=None)
 _ADMIN_SERVICE = "/dlaas.gateway.v1.AdminService/"
+_ADMIN_METHODS = frozenset(
+    {"/dlaas.gateway.v1.AccountService/CreateAccount", "/dlaas.gateway.v1.AccountService/ListAccounts"}
+)
 
 
 def gateway_guard(accounts: Accounts) -> Guard:
     async def guard(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         caller = await accounts.authenticate(header(context, AUTHORIZATION))
-        if method.startswith(_ADMIN_SERVICE):
+        if method.startswith(_ADMIN_SERVICE) or method in _ADMIN_METHODS:
             accounts.require_admin(caller)
         _caller.set(caller)
         bind_account(caller.account)

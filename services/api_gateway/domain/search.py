@@ -149,10 +149,6 @@ def substitute(text: str, parameters: Mapping[str, Value]) -> str:
     return _PLACEHOLDER.sub(lambda m: render(parameters[m[1]]) if m[1] in parameters else m[0], text)
 
 
-def placeholders(text: str) -> set[str]:
-    return set(_PLACEHOLDER.findall(text))
-
-
 # ---- ASHA (asynchronous successive halving, the stopping variant) -------------------------------
 
 

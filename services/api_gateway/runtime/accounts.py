@@ -39,7 +39,6 @@ class Caller:
     account: str
     tier: str
     admin: bool = False
-    key_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class Accounts:
                 self._cache[prefix] = (now + self.settings.auth_cache_s, row, tier)
         if row.revoked_ms is not None or not keys.matches(key.strip(), row.digest):
             raise Unauthenticated("the API key is not valid (revoked, or not ours)", reason="API_KEY_INVALID")
-        return Caller(row.account, tier, row.admin, row.prefix)
+        return Caller(row.account, tier, row.admin)
 
     def _forget(self, account: str) -> None:
         self._generation += 1
@@ -187,7 +186,7 @@ class Accounts:
         return IssuedKey(row, "")
 
     async def get_account(self, caller: Caller, name: str) -> AccountRow:
-        account = self.own_account(caller, name, "name") if name else caller.account
+        account = self.own_account(caller, name, "name")
         found = await self.repo.get(account)
         if found is None:
             raise NotFound(f"accounts/{account} not found")

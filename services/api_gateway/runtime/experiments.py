@@ -35,7 +35,7 @@ from services.api_gateway.adapters.experiments_db import (
 )
 from services.api_gateway.domain import experiments as domain
 from services.api_gateway.domain import search
-from services.api_gateway.runtime.gateway import Gateway
+from services.api_gateway.runtime.gateway import REFUSALS, Gateway
 from services.common import names, pagination
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.timeutil import now_ms
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 RUNNING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4  # dlaas.gateway.v1.ExperimentState
 TERMINAL_RUN = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
-_REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
 PASS_INTERVAL_S = 1.0
 _SETTLE_MS = 1000
 MIN_PASS_GAP_S = 0.1
@@ -438,7 +437,7 @@ class Experiments:
                 scheduler_pb2.SubmitRunRequest(run=run, tier=experiment.tier), timeout=30
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _REFUSALS:
+            if exc.code() in REFUSALS:
                 trial.state, trial.failure_cause = run_pb2.RUN_STATE_FAILED, f"refused: {exc.details()}"
                 trial.submitted = True
                 await self.repo.save_trial(trial)

@@ -28,7 +28,7 @@ from services.common.timeutil import now_ms
 log = logging.getLogger(__name__)
 
 # Errors from the scheduler after which the stored spec is removed: the submission did not happen.
-_REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
+REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
 
 
 class Gateway:
@@ -141,7 +141,7 @@ class Gateway:
                 scheduler_pb2.SubmitRunRequest(run=run, tier=tier), timeout=30
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _REFUSALS:
+            if exc.code() in REFUSALS:
                 await self.specs.remove(stored.name)  # nothing half-written
             raise
         return queued

@@ -24,7 +24,6 @@ from services.common import pagination
 
 log = logging.getLogger(__name__)
 
-TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
 # After a run ended, how long a follower waits for points still on their way through the relay.
 _STRAGGLER_S = 1.0
 

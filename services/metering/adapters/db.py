@@ -88,10 +88,6 @@ class UsageRepository:
         self._sessions = session_factory(engine)
         self._dialect = engine.dialect.name
 
-    async def apply(self, event: UsageEvent) -> bool:
-        """Applies `event` unless its id was applied before; True if it was applied now."""
-        return await self.apply_all([event]) == 1
-
     async def apply_all(self, events: list[UsageEvent]) -> int:
         """Applies, in one transaction, each event whose id was not applied before; returns how many."""
         first: dict[str, UsageEvent] = {}

@@ -119,10 +119,6 @@ class PriceBook:
         for price in sorted(prices):
             self._by_type.setdefault(price.gpu_type, []).append(price)
 
-    @property
-    def prices(self) -> list[Price]:
-        return [p for prices in self._by_type.values() for p in prices]
-
     def _prices_of(self, gpu_type: str) -> list[Price]:
         return self._by_type.get(gpu_type.lower()) or self._by_type.get(ANY_GPU_TYPE) or []
 

@@ -68,7 +68,7 @@ class LocalBackend:
             process = await self._spawn([str(config_path)], job_dir / "runner.log", job_dir)
             (job_dir / "runner.pid").write_text(str(process.pid))
         self._processes[self._key(launch.run, launch.attempt)] = process
-        self._standby_task = asyncio.ensure_future(self._prepare_standby())
+        self.warm()
         return process.pid
 
     async def _spawn(self, args: list[str], log_path: Path, cwd: Path) -> asyncio.subprocess.Process:

@@ -11,6 +11,7 @@ from dlaas.runner.grant import s3_location
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
 from dlaas.transfer_s3 import S3Location
 from dlaas.types.v1 import run_pb2
+from services.common import names
 from services.common.clients import open_channel
 from services.common.settings import ServiceCredentials
 
@@ -52,7 +53,7 @@ class Peers:
         await self.storage.RevokeGrant(storage_pb2.RevokeGrantRequest(name=grant_name), timeout=10)
 
     async def monthly_usage(self, account: str) -> metering_pb2.MonthlyUsage:
-        request = metering_pb2.GetMonthlyUsageRequest(account=f"accounts/{account}")
+        request = metering_pb2.GetMonthlyUsageRequest(account=names.account_name(account))
         return await self.metering.GetMonthlyUsage(request, timeout=2)
 
     async def record(self, events: list[metering_pb2.UsageEvent]) -> metering_pb2.RecordUsageEventsResponse:

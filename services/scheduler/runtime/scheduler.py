@@ -549,9 +549,9 @@ class Scheduler:
         launches: list[tuple[RunRow, str]] = []
         self._unseen_arrivals = False
         # Metering is asked before the lock is taken: a slow answer must not hold up reports and cancels.
+        account_tiers = await self._account_tiers()
         async with self.engine.connect() as conn:
             waiting_accounts = await self.repo.queued_accounts(conn)
-            account_tiers = await self.cluster.tiers(conn)
         closed = await self._closed_usage(
             a for a, t in waiting_accounts.items() if self._tier(account_tiers.get(a, t)).monthly_gpu_hours is not None
         )
@@ -559,7 +559,6 @@ class Scheduler:
             async with self.engine.connect() as conn:
                 queued = await self.repo.in_states(conn, {QUEUED})
                 live = await self.repo.in_states(conn, LIVE)
-                account_tiers = await self.cluster.tiers(conn)
                 drained = await self.cluster.drained(conn)
             nodes = [Node(n.name, n.gpu_type, n.gpu_count, n.name not in drained) for n in self.nodes]
             if not queued:

@@ -47,9 +47,6 @@ class LocalObjectStore:
         # scheduler stops when their run ends.
         return None
 
-    async def grant_access(self, account: str, location: Location, mode: AccessMode) -> LocalPath:
-        return await asyncio.to_thread(self._grant_access, account, location, mode)
-
     async def write_object(self, account: str, location: Location, data: bytes) -> ObjectMeta:
         return await asyncio.to_thread(self._write_object, account, location, data)
 

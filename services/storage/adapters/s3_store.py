@@ -34,6 +34,7 @@ from minio.datatypes import PostPolicy
 from minio.error import S3Error
 
 from services.common.errors import FailedPrecondition
+from services.common.timeutil import now_ms
 from services.storage.adapters import aws_query
 from services.storage.domain.connections import DEFAULT_REGION
 from services.storage.domain.model import (
@@ -134,14 +135,14 @@ class S3ObjectStore:
     def _grant(
         self, grant_id: str, accesses: Sequence[tuple[Location, AccessMode]], expire_ms: int
     ) -> list[AccessMethod]:
-        now_ms = int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
+        now = now_ms()
         # This session's end: the grant's, or sooner when the grant outlasts one session (renewed then).
-        session_ms = min(expire_ms, now_ms + self._session_s * 1000)
+        session_ms = min(expire_ms, now + self._session_s * 1000)
         if self._connection.presigned_urls:
             return [self._presigned(location, mode, session_ms) for location, mode in accesses]
         policy = grant_policy(accesses, expire_ms)
         role = ROLE_PREFIX + grant_id
-        duration = min(MAX_SESSION_S, max(MIN_SESSION_S, -(-(session_ms - now_ms) // 1000)))
+        duration = min(MAX_SESSION_S, max(MIN_SESSION_S, -(-(session_ms - now) // 1000)))
         try:
             try:
                 created = self._query(
@@ -289,8 +290,7 @@ class S3ObjectStore:
             )
         except S3Error as exc:
             raise self._refused(exc) from None
-        now_ms = int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
-        return ObjectMeta(location.bucket, location.prefix, len(data), digest, now_ms)
+        return ObjectMeta(location.bucket, location.prefix, len(data), digest, now_ms())
 
     async def list_objects(self, account: str, location: Location, offset: int, limit: int) -> ObjectPage:
         return await asyncio.to_thread(self._list_objects, location, offset, limit)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from services.common.errors import FieldViolation, InvalidArgument
-from services.storage.domain.grants import account_or_violation, raise_if_any
+from services.storage.domain.grants import MAX_REQUEST_ID_CHARS, account_or_violation, raise_if_any
 
 _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _CONNECTION_NAME = re.compile(r"^accounts/([a-z0-9][a-z0-9-]{0,62})/connections/([a-z0-9][a-z0-9-]{0,62})$")
@@ -48,8 +48,8 @@ def validate_create(request: CreateConnection) -> str:
             violations.append(FieldViolation(field, "is required"))
         elif len(value) > MAX_KEY_CHARS or any(ch.isspace() or not ch.isprintable() for ch in value):
             violations.append(FieldViolation(field, f"must be up to {MAX_KEY_CHARS} printable characters, no spaces"))
-    if len(request.request_id) > 128:
-        violations.append(FieldViolation("request_id", "must be at most 128 characters"))
+    if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+        violations.append(FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"))
     raise_if_any(violations)
     return account
 
