@@ -52,9 +52,10 @@ from dlaas.gateway.v1 import (
 )
 from dlaas.intervals import attempt_intervals
 from dlaas.procs import alive
+from dlaas.runner.state import TERMINAL_STATES
 from dlaas.types.v1 import run_pb2
 
-TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
+TERMINAL = TERMINAL_STATES
 TIER_GPUS = {"free": 1, "standard": 8, "premium": 64}  # the default tiers (services/scheduler/settings.py)
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from dlaas import platform
 from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from dlaas.types.v1 import run_pb2
+from dlaas.runner.state import TERMINAL_STATES
 
 COMMAND = 'echo "started_ns=$(date +%s%N)"; sleep {sleep}'
-TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
+TERMINAL = TERMINAL_STATES
 
 
 def manifest(sleep: float) -> str:

@@ -43,6 +43,7 @@ from google.protobuf import json_format
 from dlaas import platform
 from dlaas.gateway.v1 import gateway_pb2
 from dlaas.intervals import attempt_intervals
+from dlaas.runner.state import TERMINAL_STATES
 from dlaas.types.v1 import run_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ BURN = ROOT / "examples" / "gpu-burn"
 CLI = "import sys; from dlaas.cli import main; sys.argv[0] = 'dlaas'; main()"
 # Where the CLI would otherwise look for another platform or key than the one started here.
 FOREIGN = ("DLAAS_API_KEY", "DLAAS_ADMIN_KEY", "DLAAS_ENDPOINT", "DLAAS_CONFIG")
-TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
+TERMINAL = TERMINAL_STATES
 SAMPLE_S = 0.5
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 
 from dlaas import platform
 from dlaas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from dlaas.runner.state import TERMINAL_STATES
 from dlaas.types.v1 import run_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits"
-TERMINAL = {run_pb2.RUN_STATE_COMPLETED, run_pb2.RUN_STATE_FAILED, run_pb2.RUN_STATE_CANCELLED}
+TERMINAL = TERMINAL_STATES
 
 
 def manifest(command: str) -> str:

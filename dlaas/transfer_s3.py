@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dlaas.transfer import Placed, TransferError, TransferStats, safe_relpath, serialized
+from dlaas.transfer import Placed, TransferError, TransferStats, safe_relpath, serialized, sha256_file
 
 __all__ = ["PART_SIZE", "S3Location", "download_prefix", "object_etag", "upload_file", "upload_tree"]
 
@@ -170,11 +170,6 @@ class _EtagDigest:
             return parts[0].hex()
         combined = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
         return f"{combined}-{len(parts)}"
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def _part_sizes_for(size: int, parts: int) -> list[int]:
@@ -511,7 +506,7 @@ def _matches(source: _Source | _SignedSource, remote: _Remote, path: Path | None
             sha = source.sha256(remote.key)
         except Exception:  # noqa: BLE001 - metadata we cannot read proves nothing
             return False
-        return bool(sha) and sha == _sha256_file(path or remote.dest)
+        return bool(sha) and sha == sha256_file(path or remote.dest)
     return False
 
 

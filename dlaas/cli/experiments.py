@@ -159,6 +159,7 @@ def _emit(headers: list[str], rows: list[list[Any]], output: str) -> None:
 
 def _trial_rows(found: Any, *, live: bool = False) -> tuple[list[str], list[list[Any]]]:
     from dlaas.cli import render
+    from dlaas.types.v1 import run_pb2
 
     names = sorted({key for t in found.trials for key in t.parameters})
     metric = found.objective_metric
@@ -168,7 +169,7 @@ def _trial_rows(found: Any, *, live: bool = False) -> tuple[list[str], list[list
     now_ms = time.time() * 1000
     for t in found.trials:
         detail = ""
-        if t.termination_reason and t.termination_reason != 1:  # not SUCCEEDED
+        if t.termination_reason and t.termination_reason != run_pb2.TERMINATION_REASON_SUCCEEDED:
             detail = render.reason(t.termination_reason)
         if t.failure_cause:
             detail = f"{detail}: {t.failure_cause}" if detail else t.failure_cause
@@ -355,6 +356,8 @@ def watch(experiment_name: str | None, interval: float) -> None:
     from dlaas.cli import render
     from dlaas.cli.client import fail, stub
     from dlaas.gateway.v1 import experiments_pb2, gateway_pb2
+    from dlaas.runner.state import TERMINAL_STATES
+    from dlaas.types.v1 import run_pb2
 
     def frame() -> tuple[Group, bool, str]:
         if experiment_name:
@@ -373,8 +376,10 @@ def watch(experiment_name: str | None, interval: float) -> None:
             rows = []
             now_ms = time.time() * 1000
             for r in runs:
-                running = [t.time.ToMilliseconds() for t in r.status.transitions if t.state == 4]
-                ended = [t.time.ToMilliseconds() for t in r.status.transitions if t.state in (6, 7, 8)]
+                running = [
+                    t.time.ToMilliseconds() for t in r.status.transitions if t.state == run_pb2.RUN_STATE_RUNNING
+                ]
+                ended = [t.time.ToMilliseconds() for t in r.status.transitions if t.state in TERMINAL_STATES]
                 elapsed = f"{((ended[-1] if ended else now_ms) - running[-1]) / 1000:.0f}s" if running else ""
                 gpus = ",".join(map(str, r.status.placement.gpu_indices)) if r.status.placement.node else ""
                 rows.append(

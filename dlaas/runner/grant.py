@@ -177,7 +177,7 @@ class GrantKeeper:
                     return
 
     def _apply(self, grant: storage_pb2.Grant) -> None:
-        renewed = [loc for loc in (s3_location(access) for access in grant.accesses)]
+        renewed = [s3_location(access) for access in grant.accesses]
         with self._lock:
             for name, current in list(self._locations.items()):
                 match = next(

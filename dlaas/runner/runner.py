@@ -297,7 +297,7 @@ class Runner:
         if results_s3 is not None:
             return transfer_s3.upload_tree(folder, results_s3, under, fresh=self._grant.fresh("results"))
         assert self.config.results_path is not None
-        return transfer.copy_tree(folder, self.config.results_path / under if under else self.config.results_path)
+        return transfer.copy_tree(folder, self.config.results_path / under)
 
     def _upload_training_log(self) -> None:
         results_s3 = self._grant.get("results")
