@@ -13,11 +13,24 @@ metering ledger and the object store:
 - quota_violations: instants when an account held more GPUs than its tier allows;
 - ledger_diff_ms: the sum over attempts of |billed GPU-ms − GPUs × (close − ASSIGNED)|, plus a
   whole interval for each attempt billed twice or not at all;
-- missing_results: completed single runs whose result file is not in the object store.
+- missing_results: completed runs (single runs and the experiment's trials) whose result file
+  is not in the object store with the content the run wrote.
+
+Those come from the records, which hold every instant, so checking them at the end covers the
+whole run. The backend's own view is checked throughout: a thread samples the process table every
+0.1 s while the chaos runs and until every run has ended, and counts the samples in which
+
+- backend_quota_violations: an account's live commands held more GPUs than its tier allows;
+- gpu_conflicts: one GPU was held by the live commands of two attempts;
+- backend_duplicates: one run had live commands in two attempts.
+
+A command is live while a process of its process group (state.json's `command_pgid`) is alive
+and not a zombie; its GPUs and run come from the attempt's runner.json. The user's command is
+what holds a GPU, so a runner that has stopped its command and is still uploading holds none.
 
 Reproducible from `--seed` (printed first, and again on failure). Last line:
-`seed=… cycles=… runs=… lost=0 duplicated=0 quota_violations=0 ledger_diff_ms=0 missing_results=0`.
-Checks from the backend's side (process tables) are not made: only the scheduler's records.
+`seed=… cycles=… runs=… lost=0 duplicated=0 quota_violations=0 ledger_diff_ms=0 missing_results=0
+backend_samples=… backend_quota_violations=0 gpu_conflicts=0 backend_duplicates=0`.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import random
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -56,6 +70,16 @@ from dlaas.runner.state import TERMINAL_STATES
 from dlaas.types.v1 import run_pb2
 
 TERMINAL = TERMINAL_STATES
+FAILURES = (
+    "lost",
+    "duplicated",
+    "quota_violations",
+    "ledger_diff_ms",
+    "missing_results",
+    "backend_quota_violations",
+    "gpu_conflicts",
+    "backend_duplicates",
+)
 TIER_GPUS = {"free": 1, "standard": 8, "premium": 64}  # the default tiers (services/scheduler/settings.py)
 
 
@@ -71,7 +95,10 @@ def single(seconds: float, name: str) -> str:
 
 
 def experiment(trials: int) -> str:
-    command = "python -c \"import time; time.sleep(${t}); print('score=${x}')\""
+    command = (
+        "python -c \"import os, time; time.sleep(${t}); print('score=${x}'); "
+        "open(os.path.join(os.environ['RESULT_DIR'], 'out.txt'), 'w').write('${x}')\""
+    )
     return (
         f"name: chaos-sweep\nframework: {{name: python}}\ncommand: {json.dumps(command)}\n"
         "resources: {gpus: 1}\nresults: {bucket: chaos}\nexperiment:\n"
@@ -147,6 +174,89 @@ def chaos(home: Path, rng: random.Random, cycles: int, log: list[str]) -> None:
                 platform.restart(home, name)
 
 
+class BackendView:
+    """Samples which attempts' commands are alive, from the process table and the job directories."""
+
+    def __init__(self, home: Path):
+        self.jobs = home / "jobs"
+        self.samples = self.quota_violations = self.gpu_conflicts = self.duplicates = 0
+        self.findings: list[str] = []
+        self._attempts: dict[Path, tuple[str, str, tuple[int, ...]]] = {}  # job dir → (account, run, GPUs)
+        self._pgids: dict[Path, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="backend-view", daemon=True)
+
+    def __enter__(self) -> BackendView:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self.sample()
+
+    def sample(self) -> None:
+        live = live_process_groups()
+        held: dict[str, int] = defaultdict(int)
+        gpus: dict[int, str] = {}
+        runs: dict[str, str] = {}
+        for job in self.jobs.glob("*/*"):
+            pgid = self._pgid(job)
+            if pgid is None or pgid not in live:
+                continue
+            attempt = self._attempt(job)
+            if attempt is None:
+                continue
+            account, run, indices = attempt
+            held[account] += len(indices)
+            for gpu in indices:
+                if gpu in gpus:
+                    self.gpu_conflicts += 1
+                    self.findings.append(f"GPU {gpu} held by {gpus[gpu]} and {job.name}")
+                gpus[gpu] = job.name
+            if run in runs:
+                self.duplicates += 1
+                self.findings.append(f"{run} live in {runs[run]} and {job.name}")
+            runs[run] = job.name
+        for account, count in held.items():
+            if count > TIER_GPUS[account.removeprefix("chaos-")]:
+                self.quota_violations += 1
+                self.findings.append(f"{account} held {count} GPUs")
+        self.samples += 1
+
+    def _pgid(self, job: Path) -> int | None:
+        if job not in self._pgids:
+            with contextlib.suppress(OSError, ValueError):
+                pgid = json.loads((job / "state.json").read_text()).get("command_pgid")
+                if pgid:
+                    self._pgids[job] = int(pgid)
+        return self._pgids.get(job)
+
+    def _attempt(self, job: Path) -> tuple[str, str, tuple[int, ...]] | None:
+        if job not in self._attempts:
+            with contextlib.suppress(OSError, ValueError):
+                config = json.loads((job / "runner.json").read_text())
+                self._attempts[job] = (job.parent.name, config["run"], tuple(config["gpu_indices"]))
+        return self._attempts.get(job)
+
+
+def live_process_groups() -> set[int]:
+    """Process groups with a process that is alive and not a zombie (from /proc)."""
+    groups = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            # /proc/PID/stat: pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] not in ("Z", "X"):
+                groups.add(int(fields[2]))
+    return groups
+
+
 def quota_violations(runs: list[tuple[str, str, gateway_pb2.Run]]) -> int:
     """Instants when an account held more GPUs than its tier allows (sweep over attempt intervals)."""
     events: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -191,7 +301,12 @@ def main() -> None:
         platform.down(home)
     print("\n".join(log))
     print(f"home={home}")
+    failures = {k: v for k, v in figures.items() if k in FAILURES and v}
+    if failures:
+        print(f"chaos found {failures}; reproduce with --seed {seed}", file=sys.stderr, flush=True)
     print(" ".join(f"{k}={v}" for k, v in {"seed": seed, "cycles": args.cycles, **figures}.items()))
+    if failures:
+        sys.exit(1)
 
 
 def run(home: Path, rng: random.Random, args: argparse.Namespace, log: list[str]) -> dict[str, int]:
@@ -208,42 +323,29 @@ def run(home: Path, rng: random.Random, args: argparse.Namespace, log: list[str]
         )
         accounts[name] = (tier, created.secret)
     standard_key = accounts["chaos-standard"][1]
-    exp = p.call(
-        standard_key,
-        experiments_pb2_grpc.ExperimentServiceStub,
-        "CreateExperiment",
-        experiments_pb2.CreateExperimentRequest(manifest=experiment(args.trials), request_id=uuid.uuid4().hex),
-    )
-    singles: list[tuple[str, str]] = []  # (account, run name)
-    for account, (_, key) in accounts.items():
-        for i in range(args.singles):
-            name = f"single-{i}"
-            created = p.call(
-                key,
-                gateway_pb2_grpc.TrainingServiceStub,
-                "CreateRun",
-                gateway_pb2.CreateRunRequest(manifest=single(rng.uniform(0.2, 2.0), name), request_id=uuid.uuid4().hex),
-            )
-            singles.append((account, created.name))
-
-    chaos(home, rng, args.cycles, log)
-
-    # Every run of every account must end; the experiment too.
-    deadline = time.monotonic() + args.timeout
-    while True:
-        found = p.call(
+    with BackendView(home) as backend:  # from before the first submission
+        exp = p.call(
             standard_key,
             experiments_pb2_grpc.ExperimentServiceStub,
-            "GetExperiment",
-            experiments_pb2.GetExperimentRequest(name=exp.name),
+            "CreateExperiment",
+            experiments_pb2.CreateExperimentRequest(manifest=experiment(args.trials), request_id=uuid.uuid4().hex),
         )
-        runs = all_runs(p, accounts)
-        pending = [r.name for _, _, r in runs if r.status.state not in TERMINAL]
-        if found.state != experiments_pb2.EXPERIMENT_STATE_RUNNING and not pending:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not ended after the chaos: {pending[:5]} … ({len(pending)}), experiment {found.state}")
-        time.sleep(2)
+        singles: list[tuple[str, str]] = []  # (account, run name)
+        for account, (_, key) in accounts.items():
+            for i in range(args.singles):
+                name = f"single-{i}"
+                manifest = single(rng.uniform(0.2, 2.0), name)
+                created = p.call(
+                    key,
+                    gateway_pb2_grpc.TrainingServiceStub,
+                    "CreateRun",
+                    gateway_pb2.CreateRunRequest(manifest=manifest, request_id=uuid.uuid4().hex),
+                )
+                singles.append((account, created.name))
+
+        chaos(home, rng, args.cycles, log)
+        exp, runs, found = wait_for_the_end(p, accounts, standard_key, exp, args.timeout)
+    log += backend.findings[:20]
     log.append(
         f"experiment {exp.name}: {experiments_pb2.ExperimentState.Name(found.state)}, {len(found.trials)} trials"
     )
@@ -259,20 +361,50 @@ def run(home: Path, rng: random.Random, args: argparse.Namespace, log: list[str]
             duplicated += 1
             log.append(f"duplicated: {r.name} attempts {spans}")
         ledger_diff += ledger(p, accounts[account][1], r, log)
-    for account, name in singles:
-        r = next(run for a, _, run in runs if run.name == name)
-        if r.status.state == run_pb2.RUN_STATE_COMPLETED and not result_there(p, accounts[account][1], r):
+    by_name = {run.name: (account, run) for account, _, run in runs}
+    written = {name: by_name[name][1].spec.display_name for _, name in singles}  # run → what it wrote
+    written |= {t.run: t.parameters["x"] for t in found.trials}
+    for name, content in written.items():
+        account, r = by_name[name]
+        if r.status.state == run_pb2.RUN_STATE_COMPLETED and not result_there(p, accounts[account][1], r, content):
             missing += 1
             log.append(f"missing results: {name}")
     return {
         "runs": len(runs),
         "completed": sum(r.status.state == run_pb2.RUN_STATE_COMPLETED for _, _, r in runs),
+        "checked_results": sum(by_name[n][1].status.state == run_pb2.RUN_STATE_COMPLETED for n in written),
         "lost": lost,
         "duplicated": duplicated,
         "quota_violations": quota_violations(runs),
         "ledger_diff_ms": ledger_diff,
         "missing_results": missing,
+        "backend_samples": backend.samples,
+        "backend_quota_violations": backend.quota_violations,
+        "gpu_conflicts": backend.gpu_conflicts,
+        "backend_duplicates": backend.duplicates,
     }
+
+
+def wait_for_the_end(
+    p: Platform, accounts: dict[str, tuple[str, str]], key: str, exp: Any, timeout: float
+) -> tuple[Any, list[tuple[str, str, gateway_pb2.Run]], Any]:
+    """Every run of every account must end; the experiment too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = p.call(
+            key,
+            experiments_pb2_grpc.ExperimentServiceStub,
+            "GetExperiment",
+            experiments_pb2.GetExperimentRequest(name=exp.name),
+        )
+        runs = all_runs(p, accounts)
+        pending = [r.name for _, _, r in runs if r.status.state not in TERMINAL]
+        if found.state != experiments_pb2.EXPERIMENT_STATE_RUNNING and not pending:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ended after the chaos: {pending[:5]} … ({len(pending)}), experiment {found.state}")
+        time.sleep(2)
+    return exp, runs, found
 
 
 def all_runs(p: Platform, accounts: dict[str, tuple[str, str]]) -> list[tuple[str, str, gateway_pb2.Run]]:
@@ -320,7 +452,7 @@ def ledger(p: Platform, key: str, run: gateway_pb2.Run, log: list[str]) -> int:
     return diff
 
 
-def result_there(p: Platform, key: str, run: gateway_pb2.Run) -> bool:
+def result_there(p: Platform, key: str, run: gateway_pb2.Run, content: str) -> bool:
     grant = p.call(
         key,
         gateway_pb2_grpc.TrainingServiceStub,
@@ -328,7 +460,7 @@ def result_there(p: Platform, key: str, run: gateway_pb2.Run) -> bool:
         gateway_pb2.CreateRunResultsGrantRequest(name=run.name),
     )
     out = Path(grant.local.path) / "out.txt"
-    return out.is_file() and out.read_text() == run.spec.display_name
+    return out.is_file() and out.read_text() == content
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def _status_code(exc: BaseException) -> grpc.StatusCode:
         return exc.code
     if isinstance(exc, grpc.aio.AioRpcError):
         return exc.code()
-    if isinstance(exc, asyncio.CancelledError):
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         return grpc.StatusCode.CANCELLED
     if isinstance(exc, grpc.aio.AbortError):
         return grpc.StatusCode.UNKNOWN  # the servicer aborted by itself with a code we do not see here
@@ -164,7 +164,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def _abort(self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         """Answers the caller for `exc`; always raises."""
-        if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
+        # Cancelled, or a streaming handler closed (GeneratorExit: nothing may be awaited then, and
+        # an abort on a call that is gone would wait for ever), or already answered: nothing to send.
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError)):
             raise exc
         if isinstance(exc, DomainError):
             await context.abort_with_status(to_status(exc))

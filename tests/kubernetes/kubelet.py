@@ -29,6 +29,18 @@ from services.scheduler.adapters.kubernetes_manifests import JOB_DIR, LOG_CONTAI
 from tests.kubernetes.apiserver import ApiServer, LogSource
 
 
+def container_status(container: dict[str, Any], state: dict[str, Any], *, ready: bool) -> dict[str, Any]:
+    """A container's status as a kubelet reports it (the client checks the required fields)."""
+    return {
+        "name": container["name"],
+        "image": container["image"],
+        "imageID": f"docker-pullable://{container['image']}@sha256:{'0' * 64}",
+        "ready": ready,
+        "restartCount": 0,
+        "state": state,
+    }
+
+
 @dataclass
 class Container:
     pod: str
@@ -163,7 +175,7 @@ class FakeKubelet:
 
         self.api.logs[(namespace, name, RUNNER_CONTAINER)] = LogSource(pod_dir / "runner.log", running)
         self.api.logs[(namespace, name, LOG_CONTAINER)] = LogSource(job_dir / "training.log", running)
-        status = {"phase": "Running", "containerStatuses": [{"name": RUNNER_CONTAINER, "state": {"running": {}}}]}
+        status = {"phase": "Running", "containerStatuses": [container_status(runner, {"running": {}}, ready=True)]}
         self.core.replace_namespaced_pod_status(
             name,
             namespace,
@@ -173,9 +185,10 @@ class FakeKubelet:
 
     def _report(self, pod: dict[str, Any], phase: str, code: int) -> None:
         name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+        runner = next(c for c in pod["spec"]["containers"] if c["name"] == RUNNER_CONTAINER)
         status = {
             "phase": phase,
-            "containerStatuses": [{"name": RUNNER_CONTAINER, "state": {"terminated": {"exitCode": code}}}],
+            "containerStatuses": [container_status(runner, {"terminated": {"exitCode": code}}, ready=False)],
         }
         self.core.replace_namespaced_pod_status(
             name,

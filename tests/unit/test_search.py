@@ -92,6 +92,16 @@ def test_asha_keeps_the_top_fraction_at_a_rung() -> None:
     assert not asha.continues(search.MAXIMIZE, [0.3, float("nan")], float("nan"))
 
 
+def test_a_trial_that_went_on_for_want_of_rivals_is_stopped_once_enough_arrive() -> None:
+    asha = search.Asha(1, 27, 3)
+    assert asha.continues(search.MAXIMIZE, [0.5], 0.5)  # first at the rung: goes on
+    assert not asha.outranked(search.MAXIMIZE, [0.5, 0.9], 0.5)  # fewer than 3 values: no verdict yet
+    assert asha.outranked(search.MAXIMIZE, [0.5, 0.9, 0.7], 0.5)  # 3 values, top third is 0.9 alone
+    assert not asha.outranked(search.MAXIMIZE, [0.5, 0.4, 0.3], 0.5)  # still the best
+    assert asha.outranked(search.MINIMIZE, [0.2, 0.1, 0.3, float("nan")], 0.2)  # NaN is no rival
+    assert not asha.outranked(search.MINIMIZE, [0.2, 0.1, float("nan")], 0.2)
+
+
 @given(values=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60), factor=st.integers(2, 5))
 def test_asha_lets_about_one_in_factor_go_on_and_always_the_best(values: list[float], factor: int) -> None:
     asha = search.Asha(1, 100, factor)

@@ -179,6 +179,16 @@ class Asha:
         cutoff = ranked[keep - 1]
         return value >= cutoff if goal == MAXIMIZE else value <= cutoff
 
+    def outranked(self, goal: str, recorded: Sequence[float], value: float) -> bool:
+        """Whether a trial that went on from a rung with `value` has since fallen out of that rung's
+        top 1/reduction_factor, now that at least reduction_factor trials have a value there.
+
+        The asynchronous rule lets the first trials to reach a rung go on for want of rivals; this
+        check, made again as rivals arrive, stops them as synchronous halving would have, at once
+        rather than at the next rung."""
+        counted = [v for v in recorded if not math.isnan(v)]
+        return len(counted) >= self.reduction_factor and not self.continues(goal, counted, value)
+
 
 def crossed_rungs(asha: Asha, points: Sequence[tuple[int, float]], recorded: Mapping[int, float]) -> dict[int, float]:
     """Rungs the trial's objective points (step, value), oldest first, reached that are not recorded

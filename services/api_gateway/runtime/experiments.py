@@ -350,16 +350,26 @@ class Experiments:
             seen = self._seen.get(trial.run)
             if seen is None:
                 continue
+            stop_at = None
             for rung, value in sorted(search.crossed_rungs(config.asha, seen.objective, trial.rungs).items()):
                 trial.rungs[rung] = value
                 recorded = [t.rungs[rung] for t in trials if rung in t.rungs]
                 if not config.asha.continues(config.goal, recorded, value):
-                    trial.stop_requested = True
-                    await self.repo.save_trial(trial)
-                    log.info("%s stopped early at step %d (%s=%g)", trial.run, rung, config.metric, value)
-                    await self._cancel_run(trial.run, run_pb2.TERMINATION_REASON_EARLY_STOPPED)
+                    stop_at = rung
                     break
                 await self.repo.save_trial(trial)
+            if stop_at is None and trial.rungs:  # went on from its last rung: is it still in that rung's top?
+                rung = max(trial.rungs)
+                recorded = [t.rungs[rung] for t in trials if rung in t.rungs]
+                if config.asha.outranked(config.goal, recorded, trial.rungs[rung]):
+                    stop_at = rung
+            if stop_at is not None:
+                trial.stop_requested = True
+                await self.repo.save_trial(trial)
+                log.info(
+                    "%s stopped early at its step-%d rung (%s=%g)", trial.run, stop_at, config.metric, trial.rungs[stop_at]
+                )
+                await self._cancel_run(trial.run, run_pb2.TERMINATION_REASON_EARLY_STOPPED)
 
     async def _fill(
         self, experiment: ExperimentRow, config: domain.ExperimentConfig, trials: list[TrialRow], now: int

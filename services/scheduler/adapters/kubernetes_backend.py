@@ -284,9 +284,10 @@ class KubernetesBackend:
         assert self._changed is not None, "sync() first"
         async with self._changed:
             await self._changed.wait_for(lambda: self._attempt_over(run, attempt))
-        # A gang ends as a whole: learners still running have nothing left to talk to.
+        # A gang ends as a whole: learners still running have nothing left to talk to. Ended pods
+        # stay (the first learner's holds the run's log, as a finished pod does).
         if any(not self._pod_ended(p) for p in self._attempt_pods(run, attempt)):
-            self._spawn(self._delete_attempt(run, attempt, grace_s=None))
+            self._spawn(self._delete_attempt(run, attempt, grace_s=None, running_only=True))
 
     def started(self, run: str, attempt: int) -> bool:
         return bool(self._attempt_pods(run, attempt))
@@ -371,8 +372,10 @@ class KubernetesBackend:
             await self._delete_attempt(launch.run, launch.attempt, grace_s=0)
             raise
 
-    async def _delete_attempt(self, run: str, attempt: int, *, grace_s: int | None) -> None:
+    async def _delete_attempt(self, run: str, attempt: int, *, grace_s: int | None, running_only: bool = False) -> None:
         for pod in self._attempt_pods(run, attempt):
+            if running_only and self._pod_ended(pod):
+                continue
             name = pod["metadata"]["name"]
             try:
                 await asyncio.to_thread(self._delete_pod, name, grace_s)
