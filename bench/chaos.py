@@ -30,7 +30,8 @@ what holds a GPU, so a runner that has stopped its command and is still uploadin
 
 Reproducible from `--seed` (printed first, and again on failure). Last line:
 `seed=… cycles=… runs=… lost=0 duplicated=0 quota_violations=0 ledger_diff_ms=0 missing_results=0
-backend_samples=… backend_quota_violations=0 gpu_conflicts=0 backend_duplicates=0`.
+backend_samples=… backend_most_gpus=… backend_quota_violations=0 gpu_conflicts=0 backend_duplicates=0`
+(backend_most_gpus: the most GPUs live commands held in one sample, evidence the sampler saw them).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class BackendView:
 
     def __init__(self, home: Path):
         self.jobs = home / "jobs"
-        self.samples = self.quota_violations = self.gpu_conflicts = self.duplicates = 0
+        self.samples = self.quota_violations = self.gpu_conflicts = self.duplicates = self.most_gpus = 0
         self.findings: list[str] = []
         self._attempts: dict[Path, tuple[str, str, tuple[int, ...]]] = {}  # job dir → (account, run, GPUs)
         self._pgids: dict[Path, int] = {}
@@ -221,8 +222,9 @@ class BackendView:
                 self.duplicates += 1
                 self.findings.append(f"{run} live in {runs[run]} and {job.name}")
             runs[run] = job.name
+        self.most_gpus = max(self.most_gpus, len(gpus))
         for account, count in held.items():
-            if count > TIER_GPUS[account.removeprefix("chaos-")]:
+            if count > TIER_GPUS.get(account.removeprefix("chaos-"), 0):
                 self.quota_violations += 1
                 self.findings.append(f"{account} held {count} GPUs")
         self.samples += 1
@@ -379,6 +381,7 @@ def run(home: Path, rng: random.Random, args: argparse.Namespace, log: list[str]
         "ledger_diff_ms": ledger_diff,
         "missing_results": missing,
         "backend_samples": backend.samples,
+        "backend_most_gpus": backend.most_gpus,
         "backend_quota_violations": backend.quota_violations,
         "gpu_conflicts": backend.gpu_conflicts,
         "backend_duplicates": backend.duplicates,

@@ -358,11 +358,12 @@ class Experiments:
                     stop_at = rung
                     break
                 await self.repo.save_trial(trial)
-            if stop_at is None and trial.rungs:  # went on from its last rung: is it still in that rung's top?
-                rung = max(trial.rungs)
-                recorded = [t.rungs[rung] for t in trials if rung in t.rungs]
-                if config.asha.outranked(config.goal, recorded, trial.rungs[rung]):
-                    stop_at = rung
+            if stop_at is None:  # it went on from every rung it passed: is it still in each one's top?
+                for rung in sorted(trial.rungs):
+                    recorded = [t.rungs[rung] for t in trials if rung in t.rungs]
+                    if config.asha.outranked(config.goal, recorded, trial.rungs[rung]):
+                        stop_at = rung
+                        break
             if stop_at is not None:
                 trial.stop_requested = True
                 await self.repo.save_trial(trial)
