@@ -7,7 +7,7 @@ PROTO_PACKAGES := types gateway scheduler storage metering
 PROTOS := $(wildcard protos/dlaas/*/v1/*.proto)
 STAMP := $(VENV)/.installed
 
-.PHONY: chaos load validate-deploy install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-submit bench-overhead bench-staging bench-metering bench-hpo bench-logs gpu-check gpu-wheels
+.PHONY: chaos load validate-deploy install proto lint test test-fast demo up down status clean bench bench-scheduler bench-dispatch bench-submit bench-overhead bench-staging bench-metering bench-hpo bench-hpo-bound bench-logs gpu-check gpu-wheels
 
 install: $(STAMP) proto
 
@@ -80,6 +80,9 @@ bench-metering: install
 # The digits sweep by random search and by ASHA, same trials: GPU-seconds ratio and best accuracies.
 bench-hpo: install
 	$(PY) -m bench.hpo
+
+bench-hpo-bound: install
+	$(PY) -m bench.hpo_bound $(HPO_BOUND_ARGS)
 
 # From a line a run prints to its arrival at a `dlaas logs -f` client.
 bench-logs: install
