@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from dlaas.runner.environment import thread_limits
 from services.api_gateway.domain import search
 from services.api_gateway.domain.experiments import ExperimentConfig, parse_experiment
 
@@ -62,12 +63,13 @@ def config(seed: int) -> ExperimentConfig:
     return parse_experiment(document["experiment"])
 
 
-def train(parameters: dict[str, str], data: Path) -> Curve:
+def train(parameters: dict[str, str], data: Path, cpus: float) -> Curve:
     with tempfile.TemporaryDirectory() as results:
         began = time.monotonic()
         command = ["python", "train.py", "--epochs", parameters["epochs"], "--lr", parameters["lr"]]
         command += ["--hidden", parameters["hidden"], "--batch-size", parameters["batch_size"]]
         env = {**os.environ, "DATA_DIR": str(data), "RESULT_DIR": results, "CUDA_VISIBLE_DEVICES": ""}
+        env |= thread_limits(cpus)  # as the platform sets them for the manifest's CPUs
         command[0] = sys.executable
         process = subprocess.Popen(command, cwd=DIGITS, env=env, stdout=subprocess.PIPE, text=True)
         points = []
@@ -97,7 +99,7 @@ def curves(seeds: list[int], cache: Path, parallel: int) -> dict[int, dict[int, 
         def one(job: tuple[int, int]) -> None:
             seed, trial = job
             parameters = {k: search.render(v) for k, v in config(seed).parameters(trial).items()}
-            curve = train(parameters, data)
+            curve = train(parameters, data, float(yaml.safe_load(SWEEP.read_text())["resources"].get("cpus", 1)))
             found[seed][trial] = curve
             with cache.open("a") as out:
                 out.write(json.dumps({"seed": seed, "trial": trial, "points": curve.points, "seconds": curve.seconds}))

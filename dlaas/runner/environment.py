@@ -13,6 +13,18 @@ RUNNER_ONLY_PREFIX = "DLAAS_"
 _INTERPRETER_VARIABLES = ("VIRTUAL_ENV", "PYTHONHOME")
 
 
+# Math libraries' thread pools (PyTorch's intra-op pool follows OMP_NUM_THREADS), sized to the
+# run's CPUs: left to themselves each takes every core of the machine, and two runs side by side
+# on one host each train several times slower. torchrun sets OMP_NUM_THREADS=1 for the same reason.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_limits(cpus: float) -> dict[str, str]:
+    """The thread-pool variables for a learner with `cpus` CPUs (at least one thread)."""
+    threads = str(max(1, int(cpus)))
+    return dict.fromkeys(THREAD_VARIABLES, threads)
+
+
 def build_child_env(config: RunnerConfig, base_env: Mapping[str, str]) -> dict[str, str]:
     """``base_env`` (the runner's environment, less DLAAS_*), the run's own variables, then the
     learner variables, which win: a spec cannot move CUDA_VISIBLE_DEVICES off its GPUs."""

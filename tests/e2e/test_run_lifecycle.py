@@ -35,6 +35,7 @@ async def test_submit_runs_to_completion_and_bills_assignment_to_upload(platform
             "data = pathlib.Path(os.environ['DATA_DIR'], 'numbers.txt').read_text()\n"
             "total = sum(int(x) for x in data.split())\n"
             "print(f'total={total} gpus={os.environ[\"CUDA_VISIBLE_DEVICES\"]}')\n"
+            "print('threads=' + os.environ['OMP_NUM_THREADS'] + ',' + os.environ['MKL_NUM_THREADS'])\n"
             "pathlib.Path(os.environ['RESULT_DIR'], 'total.txt').write_text(str(total))\n"
         }
     )
@@ -66,6 +67,7 @@ async def test_submit_runs_to_completion_and_bills_assignment_to_upload(platform
 
     logs = await read_logs(platform.client, run.name)
     assert f"total=10 gpus={done.status.placement.gpu_indices[0]}" in logs
+    assert "threads=1,1" in logs  # math libraries' thread pools sized to the run's CPUs (the default, 1)
 
     results = await platform.client.CreateRunResultsGrant(gateway_pb2.CreateRunResultsGrantRequest(name=run.name))
     assert Path(results.local.path, "total.txt").read_text() == "10"
@@ -179,3 +181,15 @@ async def test_free_account_runs_one_gpu_run_at_a_time(platform: Platform) -> No
     assert all(d.status.state == run_pb2.RUN_STATE_COMPLETED for d in done)
     first_end = transition_ms(done[0], run_pb2.RUN_STATE_COMPLETED)
     assert transition_ms(done[1], run_pb2.RUN_STATE_ASSIGNED) >= first_end
+
+
+async def test_thread_pools_follow_the_runs_cpus_unless_its_environment_says(platform: Platform) -> None:
+    command = "echo threads=$OMP_NUM_THREADS,$MKL_NUM_THREADS,$OPENBLAS_NUM_THREADS"
+    text = (
+        f"name: threads\nframework: {{name: python}}\ncommand: {command!r}\n"
+        "resources: {gpus: 0, cpus: 2.5}\nresults: {bucket: results}\nenvironment: {MKL_NUM_THREADS: 8}\n"
+    )
+    run = await submit(platform.client, text)
+    done = await wait_for(platform.client, run.name)
+    assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
+    assert "threads=2,8,2" in await read_logs(platform.client, run.name)

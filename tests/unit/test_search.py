@@ -211,7 +211,7 @@ def test_the_digits_sweep_example_is_a_valid_experiment_whose_trials_train_py_ac
     training, section = split_manifest(document)
     spec = parse_manifest(yaml.safe_dump(training), frameworks={"pytorch": []}).spec
     config = parse_experiment(section)
-    assert config.method == "asha" and config.asha.rungs() == [4, 12, 36]
+    assert config.method == "asha" and config.asha.rungs() == [10, 30, 90, 270, 810]
     for trial in range(1, config.max_runs + 1):
         command = search.substitute(spec.command, config.parameters(trial))
         match = re.fullmatch(
@@ -219,4 +219,4 @@ def test_the_digits_sweep_example_is_a_valid_experiment_whose_trials_train_py_ac
         )
         assert match, command
         epochs, lr, hidden, batch = int(match[1]), float(match[2]), int(match[3]), int(match[4])
-        assert 30 <= epochs <= 81 and 3e-4 <= lr <= 0.3 and 4 <= hidden <= 256 and batch in (16, 32, 64, 128)
+        assert 300 <= epochs <= 2000 and 3e-4 <= lr <= 0.3 and 4 <= hidden <= 256 and batch in (16, 32, 64, 128)

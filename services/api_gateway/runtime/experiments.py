@@ -368,7 +368,11 @@ class Experiments:
                 trial.stop_requested = True
                 await self.repo.save_trial(trial)
                 log.info(
-                    "%s stopped early at its step-%d rung (%s=%g)", trial.run, stop_at, config.metric, trial.rungs[stop_at]
+                    "%s stopped early at its step-%d rung (%s=%g)",
+                    trial.run,
+                    stop_at,
+                    config.metric,
+                    trial.rungs[stop_at],
                 )
                 await self._cancel_run(trial.run, run_pb2.TERMINATION_REASON_EARLY_STOPPED)
 

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dlaas.metering.v1 import metering_pb2
 from dlaas.runner.config import RunnerConfig
+from dlaas.runner.environment import thread_limits
 from dlaas.runner.state import LastWord
 from dlaas.scheduler.v1 import scheduler_pb2
 from dlaas.types.v1 import run_pb2
@@ -756,7 +757,8 @@ class Scheduler:
             python_bin_dir=python_bin_dir,
             gpu_indices=tuple(run.gpu_indices),
             num_learners=max(1, spec.resources.learners),
-            environment=dict(spec.environment),
+            # The run's own environment wins over the thread limits its CPUs imply.
+            environment=thread_limits(spec.resources.cpus) | dict(spec.environment),
             job_dir=self.backend.job_dir(run.name, run.attempt),
             code_archive_path=code_path,
             data_path=data_path,
