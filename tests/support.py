@@ -98,6 +98,24 @@ class Platform:
             await service.stop(0)
 
 
+async def settle_tasks(timeout: float = 10) -> None:
+    """Cancels the tasks a test left on its loop and waits for them; prints any that will not end.
+
+    pytest-asyncio closes the loop by cancelling what is left and waiting without a limit: a task
+    that ignores its cancellation hangs the test until pytest-timeout, with no word of which it
+    was. This says which, first."""
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    for task in left:
+        task.cancel()
+    if not left:
+        return
+    _, stuck = await asyncio.wait(left, timeout=timeout)
+    for task in stuck:
+        print(f"a task did not end when cancelled: {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+
+
 # One admin key for every gateway a test starts; each gateway installs it on start.
 ADMIN_KEY = new_key().secret
 

@@ -34,6 +34,7 @@ from tests.support import (
     Platform,
     closed_usage_records,
     read_logs,
+    settle_tasks,
     start_platform,
     submit,
     wait_for,
@@ -84,6 +85,7 @@ async def _platform(
         platform.channel = await platform.account_channel("team", tier)
     yield platform
     await platform.stop()
+    await settle_tasks()  # CI once hung here, in the loop's own teardown: name what does not end
 
 
 @pytest.fixture
