@@ -66,7 +66,7 @@ from dlaas.gateway.v1 import (
     gateway_pb2_grpc,
 )
 from dlaas.intervals import attempt_intervals
-from dlaas.procs import alive
+from dlaas.procs import alive, live_process_groups
 from dlaas.runner.state import TERMINAL_STATES
 from dlaas.types.v1 import run_pb2
 
@@ -243,20 +243,6 @@ class BackendView:
                 config = json.loads((job / "runner.json").read_text())
                 self._attempts[job] = (job.parent.name, config["run"], tuple(config["gpu_indices"]))
         return self._attempts.get(job)
-
-
-def live_process_groups() -> set[int]:
-    """Process groups with a process that is alive and not a zombie (from /proc)."""
-    groups = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            # /proc/PID/stat: pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            if fields[0] not in ("Z", "X"):
-                groups.add(int(fields[2]))
-    return groups
 
 
 def quota_violations(runs: list[tuple[str, str, gateway_pb2.Run]]) -> int:

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from dlaas.runner.environment import thread_limits
+from dlaas.runner.metrics import parse_line
 from services.api_gateway.domain import search
 from services.api_gateway.domain.experiments import ExperimentConfig, parse_experiment
 
@@ -66,18 +67,17 @@ def config(seed: int) -> ExperimentConfig:
 def train(parameters: dict[str, str], data: Path, cpus: float) -> Curve:
     with tempfile.TemporaryDirectory() as results:
         began = time.monotonic()
-        command = ["python", "train.py", "--epochs", parameters["epochs"], "--lr", parameters["lr"]]
+        command = [sys.executable, "train.py", "--epochs", parameters["epochs"], "--lr", parameters["lr"]]
         command += ["--hidden", parameters["hidden"], "--batch-size", parameters["batch_size"]]
         env = {**os.environ, "DATA_DIR": str(data), "RESULT_DIR": results, "CUDA_VISIBLE_DEVICES": ""}
         env |= thread_limits(cpus)  # as the platform sets them for the manifest's CPUs
-        command[0] = sys.executable
         process = subprocess.Popen(command, cwd=DIGITS, env=env, stdout=subprocess.PIPE, text=True)
         points = []
         assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("epoch="):
-                fields = dict(item.split("=", 1) for item in line.split())
-                points.append((int(fields["epoch"]), float(fields["accuracy"]), time.monotonic() - began))
+        for line in process.stdout:  # read as the runner reads metrics lines
+            for reading in parse_line(line):
+                if reading.name == "accuracy":
+                    points.append((reading.step, reading.value, time.monotonic() - began))
         if process.wait() != 0 or not points:
             raise RuntimeError(f"train.py failed for {parameters}")
         return Curve(points, time.monotonic() - began)
@@ -90,16 +90,18 @@ def curves(seeds: list[int], cache: Path, parallel: int) -> dict[int, dict[int, 
             record = json.loads(line)
             if record["seed"] in found:
                 found[record["seed"]][record["trial"]] = Curve([tuple(p) for p in record["points"]], record["seconds"])
-    missing = [(s, t) for s in seeds for t in range(1, config(s).max_runs + 1) if t not in found[s]]
+    configs = {seed: config(seed) for seed in seeds}
+    missing = [(s, t) for s in seeds for t in range(1, configs[s].max_runs + 1) if t not in found[s]]
     if missing:
+        cpus = float(yaml.safe_load(SWEEP.read_text())["resources"].get("cpus", 1))
         data = Path(tempfile.mkdtemp(prefix="dlaas-hpo-bound-"))
         prepare = [sys.executable, str(DIGITS / "prepare_data.py"), str(data)]
         subprocess.run(prepare, check=True, stdout=subprocess.DEVNULL)
 
         def one(job: tuple[int, int]) -> None:
             seed, trial = job
-            parameters = {k: search.render(v) for k, v in config(seed).parameters(trial).items()}
-            curve = train(parameters, data, float(yaml.safe_load(SWEEP.read_text())["resources"].get("cpus", 1)))
+            parameters = {k: search.render(v) for k, v in configs[seed].parameters(trial).items()}
+            curve = train(parameters, data, cpus)
             found[seed][trial] = curve
             with cache.open("a") as out:
                 out.write(json.dumps({"seed": seed, "trial": trial, "points": curve.points, "seconds": curve.seconds}))

@@ -16,5 +16,25 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        return _stat(pid)[0] not in _GONE
     return True
+
+
+_GONE = ("Z", "X")  # zombie, dead
+
+
+def _stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, … (the name may hold spaces and parentheses)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def live_process_groups() -> set[int]:
+    """Process groups with at least one process that runs (zombies do not count), from /proc."""
+    groups = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = _stat(entry.name)
+                if fields[0] not in _GONE:
+                    groups.add(int(fields[2]))
+    return groups
