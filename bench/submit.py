@@ -23,6 +23,7 @@ import grpc
 from dlaas import platform
 from dlaas.config import config_path, read_config
 from dlaas.credentials import aio_interceptors, bearer
+from dlaas.procs import cpu_seconds
 from dlaas.gateway.v1 import cluster_pb2, cluster_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from dlaas.types.v1 import run_pb2
 
@@ -93,11 +94,15 @@ def main() -> None:
                 cluster_pb2.SetAccountTierRequest(account="accounts/default", tier="premium")
             )
         key = read_config(config_path(home))["api_key"]
+        before = {name: cpu_seconds(p.pid) for name, p in started.items()}
         elapsed, latencies = asyncio.run(run(started["api_gateway"].address, key, args.count, args.concurrency))
+        # CPU per submission, by service: what the throughput costs, whatever else the machine runs.
+        cpu_ms = {name: (cpu_seconds(p.pid) - before[name]) * 1000 / args.count for name, p in started.items()}
     finally:
         platform.down(home)
     p99 = statistics.quantiles(latencies, n=100)[98]
     print(f"count={args.count} concurrency={args.concurrency} elapsed_s={elapsed:.2f} home={home}")
+    print("cpu_ms_per_submission " + " ".join(f"{name}={ms:.2f}" for name, ms in sorted(cpu_ms.items())))
     print(
         f"submissions_per_s={len(latencies) / elapsed:.0f} p50_ms={statistics.median(latencies):.1f} p99_ms={p99:.1f}"
     )

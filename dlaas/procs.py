@@ -38,3 +38,9 @@ def live_process_groups() -> set[int]:
                 if fields[0] not in _GONE:
                     groups.add(int(fields[2]))
     return groups
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process `pid` has used so far, in seconds, from /proc."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -165,6 +167,44 @@ async def test_the_monthly_allowance_holds_runs_that_would_exceed_it_and_refuses
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "used up" in (caught.value.details() or "")
         await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=too_long.name))
+    finally:
+        await p.stop()
+
+
+async def test_concurrent_submissions_beyond_the_queue_cap_are_refused_and_leave_nothing(
+    sqlite_databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    """Twelve submissions at once against a cap of five queued runs (they are written in batches):
+    five queue, seven are QUEUE_FULL, and nothing of the refused ones is kept; a retry of a queued
+    one in the same burst answers that run."""
+    tiers = {"free": Tier(max_gpus=1, max_queued_runs=5), "standard": Tier(max_gpus=8)}
+    p = await start_platform(sqlite_databases, tmp_path, virtual_gpus=1, tiers=tiers)
+    try:
+        holder = await submit(p.client, manifest("python -c 'import time; time.sleep(30)'"))
+        await wait_for(p.client, holder.name, {run_pb2.RUN_STATE_RUNNING})
+        text = manifest("true")
+        calls = [submit(p.client, text, request_id=f"burst-{i}") for i in range(12)]
+        calls.append(submit(p.client, text, request_id="burst-0"))
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        queued = [a for a in answers if isinstance(a, gateway_pb2.Run)]
+        refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+        assert len(refused) + len(queued) == len(answers), answers
+        assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert all("5 queued runs" in (r.details() or "") for r in refused)
+        names = {r.name for r in queued}
+        assert len(names) == 5, names  # the retry of burst-0 answered burst-0's run, or was refused with it
+        listed = await p.client.ListRuns(gateway_pb2.ListRunsRequest(page_size=100))
+        assert {r.name for r in listed.runs} == names | {holder.name}
+        database = sqlite_databases.url("gateway").removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            stored = {name for (name,) in db.execute("SELECT name FROM gateway_run_specs")}
+        assert stored == names | {holder.name}  # the gateway kept nothing of the refused submissions
+        # So a retry of a refused one, once there is room, is a new submission.
+        await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=next(iter(names))))
+        refused_id = next(f"burst-{i}" for i, a in enumerate(answers[:12]) if isinstance(a, grpc.aio.AioRpcError))
+        again = await submit(p.client, text, request_id=refused_id)
+        assert again.name not in names and again.status.state == run_pb2.RUN_STATE_QUEUED
+        await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=holder.name))
     finally:
         await p.stop()
 

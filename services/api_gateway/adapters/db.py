@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -10,6 +12,7 @@ from sqlalchemy import (
     Column,
     LargeBinary,
     MetaData,
+    Row,
     String,
     Table,
     Text,
@@ -17,9 +20,13 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    tuple_,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.batching import GroupWriter
+from services.common.errors import Aborted
 
 metadata = MetaData()
 
@@ -50,9 +57,21 @@ class StoredSpec:
     submitted: bool
 
 
+@dataclass(frozen=True)
+class _Add:
+    spec: StoredSpec
+    manifest: str
+    created_ms: int
+
+
+def _stored(row: Row[Any]) -> StoredSpec:
+    return StoredSpec(row.name, row.account, row.request_id, row.spec, row.code_key, row.submitted)
+
+
 class SpecRepository:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        self._adds: GroupWriter[_Add, StoredSpec | None] = GroupWriter(self._add_batch)
 
     async def by_request(self, account: str, request_id: str) -> StoredSpec | None:
         async with self.engine.connect() as conn:
@@ -61,29 +80,56 @@ class SpecRepository:
                     select(run_specs).where(run_specs.c.account == account, run_specs.c.request_id == request_id)
                 )
             ).first()
-        if row is None:
-            return None
-        return StoredSpec(row.name, row.account, row.request_id, row.spec, row.code_key, row.submitted)
+        return None if row is None else _stored(row)
 
-    async def add(self, spec: StoredSpec, manifest: str, created_ms: int) -> bool:
-        """Stores the spec; False when the same request_id got there first."""
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    insert(run_specs).values(
-                        name=spec.name,
-                        account=spec.account,
-                        request_id=spec.request_id,
-                        manifest=manifest,
-                        spec=spec.spec,
-                        code_key=spec.code_key,
-                        submitted=False,
-                        created_ms=created_ms,
-                    )
+    async def add(self, spec: StoredSpec, manifest: str, created_ms: int) -> StoredSpec | None:
+        """Stores the spec; answers the earlier one instead when its request_id was stored first.
+
+        Concurrent adds are written together, one transaction per batch (group commit)."""
+        return await self._adds.submit(_Add(spec, manifest, created_ms))
+
+    async def _add_batch(self, adds: Sequence[_Add]) -> list[StoredSpec | BaseException | None]:
+        for _ in range(3):
+            try:
+                return await self._add_once(adds)
+            except IntegrityError:
+                continue  # another writer stored one of these request_ids meanwhile: look again
+        return [Aborted("the run could not be stored under concurrent submissions; retry it") for _ in adds]
+
+    async def _add_once(self, adds: Sequence[_Add]) -> list[StoredSpec | BaseException | None]:
+        async with self.engine.begin() as conn:
+            keys = {(a.spec.account, a.spec.request_id) for a in adds if a.spec.request_id}
+            earlier: dict[tuple[str, str | None], StoredSpec] = {}
+            if keys:
+                rows = await conn.execute(
+                    select(run_specs).where(tuple_(run_specs.c.account, run_specs.c.request_id).in_(keys))
                 )
-        except IntegrityError:
-            return False
-        return True
+                earlier = {(r.account, r.request_id): _stored(r) for r in rows}
+            outcomes: list[StoredSpec | BaseException | None] = []
+            new = []
+            for add in adds:
+                key = (add.spec.account, add.spec.request_id)
+                if add.spec.request_id and key in earlier:
+                    outcomes.append(earlier[key])
+                    continue
+                if add.spec.request_id:
+                    earlier[key] = add.spec  # a second call with this request_id in the same batch
+                outcomes.append(None)
+                new.append(
+                    {
+                        "name": add.spec.name,
+                        "account": add.spec.account,
+                        "request_id": add.spec.request_id,
+                        "manifest": add.manifest,
+                        "spec": add.spec.spec,
+                        "code_key": add.spec.code_key,
+                        "submitted": False,
+                        "created_ms": add.created_ms,
+                    }
+                )
+            if new:
+                await conn.execute(insert(run_specs), new)
+        return outcomes
 
     async def remove(self, name: str) -> None:
         async with self.engine.begin() as conn:

@@ -74,3 +74,7 @@ class TokenBucket:
             self.tokens -= 1
             return 0.0
         return (1 - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+    def give_back(self) -> None:
+        """Returns a token taken for a call that turned out not to count."""
+        self.tokens = min(self.burst, self.tokens + 1)

@@ -116,7 +116,9 @@ class Accounts:
 
     # ---- rate limits -----------------------------------------------------------------------
 
-    def admit_submission(self, caller: Caller) -> None:
+    def admit_submission(self, caller: Caller) -> Callable[[], None]:
+        """Takes a token from the account's bucket, or refuses; answers how to give it back (a retry
+        found to be one only after admission does not count)."""
         limit = self.settings.submission_limits.get(caller.tier, self.settings.default_submission_limit)
         now = self.clock()
         bucket = self._buckets.get(caller.account)
@@ -130,6 +132,7 @@ class Accounts:
                 reason="SUBMISSION_RATE_EXCEEDED",
                 retry_delay_s=wait,
             )
+        return bucket.give_back
 
     # ---- accounts --------------------------------------------------------------------------
 

@@ -28,7 +28,12 @@ from services.common.timeutil import now_ms
 log = logging.getLogger(__name__)
 
 # Errors from the scheduler after which the stored spec is removed: the submission did not happen.
-REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
+REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # the account's queue is full
+}
 
 
 class Gateway:
@@ -68,19 +73,20 @@ class Gateway:
         manifest: str,
         code_archive: bytes,
         request_id: str,
-        admit: Callable[[], None] = lambda: None,
+        admit: Callable[[], Callable[[], None]] = lambda: lambda: None,
     ) -> scheduler_pb2.Run:
         """Validates, answers a retry as the first call, then `admit`s (the rate limit: only new,
-        well-formed submissions count), then stores."""
+        well-formed submissions count; `admit` answers how to give its token back), then stores."""
         parsed = self.parse(manifest)
         check_code_archive(code_archive, self.settings.max_code_archive_bytes, self.settings.max_code_archive_files)
         if len(request_id) > 200:
             raise InvalidArgument.field("request_id", "must be at most 200 characters")
-        if request_id:
+        if request_id and (code_archive or parsed.inline_connections):
+            # These write before the spec is stored: a retry must be known first, and write nothing again.
             earlier = await self.specs.by_request(account, request_id)
             if earlier is not None:
                 return await self._resubmit(earlier, tier)
-        admit()
+        give_back = admit()
 
         for inline in parsed.inline_connections:
             # Inline credentials become a connection held (sealed) by storage; the spec names it only.
@@ -114,10 +120,10 @@ class Gateway:
         stored = StoredSpec(
             name, account, request_id or None, parsed.spec.SerializeToString(), code.prefix if code else None, False
         )
-        if not await self.specs.add(stored, _redacted(manifest, parsed), now_ms()):
-            # Another call with the same request_id stored first: answer as it does.
-            earlier = await self.specs.by_request(account, request_id)
-            assert earlier is not None
+        earlier = await self.specs.add(stored, _redacted(manifest, parsed), now_ms())
+        if earlier is not None:
+            # A retry, or another call with the same request_id that stored first: answer as it does.
+            give_back()
             return await self._resubmit(earlier, tier)
         return await self._submit(stored, parsed.spec, code, tier)
 

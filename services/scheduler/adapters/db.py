@@ -175,9 +175,19 @@ class RunRepository:
         )
         return [(r.state, r.time_ms) for r in rows]
 
-    async def insert(self, conn: AsyncConnection, run: RunRow, time_ms: int) -> None:
-        await conn.execute(insert(runs).values(**run.to_db()))
-        await self.add_transition(conn, run.name, 0, run.state, time_ms)
+    async def insert_many(self, conn: AsyncConnection, new: list[RunRow]) -> None:
+        """New runs with their first transition (at their created_ms): two statements for all."""
+        if not new:
+            return
+        await conn.execute(insert(runs), [run.to_db() for run in new])
+        await conn.execute(
+            insert(transitions),
+            [{"run": r.name, "attempt": 0, "state": r.state, "time_ms": r.created_ms} for r in new],
+        )
+
+    async def existing(self, conn: AsyncConnection, names: set[str]) -> list[str]:
+        """Which of `names` are runs already."""
+        return list((await conn.execute(select(runs.c.name).where(runs.c.name.in_(names)))).scalars())
 
     async def save(self, conn: AsyncConnection, run: RunRow) -> None:
         values = run.to_db()
@@ -231,9 +241,13 @@ class RunRepository:
         rows = await conn.execute(select(runs.c.account, runs.c.tier).where(runs.c.state == QUEUED_STATE).distinct())
         return {r.account: r.tier for r in rows}
 
-    async def count_queued(self, conn: AsyncConnection, account: str) -> int:
-        query = select(func.count()).where(runs.c.account == account, runs.c.state == QUEUED_STATE)
-        return int((await conn.execute(query)).scalar_one())
+    async def count_queued_by_account(self, conn: AsyncConnection, accounts: set[str]) -> dict[str, int]:
+        query = (
+            select(runs.c.account, func.count())
+            .where(runs.c.account.in_(accounts), runs.c.state == QUEUED_STATE)
+            .group_by(runs.c.account)
+        )
+        return {account: int(count) for account, count in await conn.execute(query)}
 
     async def count_for_account(self, conn: AsyncConnection, account: str) -> int:
         return int((await conn.execute(select(func.count()).where(runs.c.account == account))).scalar_one())

@@ -15,7 +15,8 @@ import logging
 import secrets
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from dlaas.runner.environment import thread_limits
 from dlaas.runner.state import LastWord
 from dlaas.scheduler.v1 import scheduler_pb2
 from dlaas.types.v1 import run_pb2
+from services.common.batching import GroupWriter
 from services.common.errors import (
     Aborted,
     FailedPrecondition,
@@ -123,6 +125,14 @@ def _stopped_by_deadline(run: RunRow, state: int, reason: int) -> tuple[int, int
     return state, reason
 
 
+@dataclass(frozen=True)
+class _Arrival:
+    """A submission waiting to be queued: its row, and its tier's cap on queued runs."""
+
+    row: RunRow
+    max_queued_runs: int
+
+
 class Scheduler:
     def __init__(
         self,
@@ -158,6 +168,7 @@ class Scheduler:
         self._watchers: dict[str, set[asyncio.Queue[None]]] = defaultdict(set)
         self._tasks: set[asyncio.Task[None]] = set()
         self.relay = MetricsRelay()
+        self._arrivals: GroupWriter[_Arrival, RunRow] = GroupWriter(self._queue_arrivals)
 
     # ---- API operations -------------------------------------------------------------------
 
@@ -217,26 +228,9 @@ class Scheduler:
                     reason="ALLOWANCE_EXHAUSTED",
                 )
         # No lifecycle lock: an arrival only inserts, and the decision round it wakes reads it after commit.
-        for _ in range(3):
-            try:
-                async with self.engine.begin() as conn:
-                    existing = await self.repo.get(conn, run.name)
-                    if existing is not None:
-                        return existing  # a retry of the same submission
-                    if await self.repo.count_queued(conn, account) >= limits.max_queued_runs:
-                        raise ResourceExhausted(
-                            f"the account's tier allows {limits.max_queued_runs} queued runs; wait for some to start",
-                            reason="QUEUE_FULL",
-                        )
-                    if account not in (await self._account_tiers()):
-                        await self.cluster.set_tier(conn, account, tier, only_if_new=True)
-                    await self.repo.insert(conn, row, row.created_ms)
-                self._tiers_cache.setdefault(account, tier)
-                break
-            except IntegrityError:
-                continue  # a concurrent insert (this run, or the account's first tier row): look again
-        else:
-            raise Aborted(f"{run.name} could not be queued under concurrent submissions; retry it")
+        queued = await self._arrivals.submit(_Arrival(row, limits.max_queued_runs))
+        if queued is not row:
+            return queued  # a retry of the same submission
         row.transitions = [(QUEUED, row.created_ms)]
         log.info("queued %s (%d GPU)", run.name, row.gpus)
         if row.gpus == 0 or self._free_gpus is None or self._free_gpus > 0:
@@ -244,6 +238,47 @@ class Scheduler:
         else:
             self._unseen_arrivals = True
         return row
+
+    async def _queue_arrivals(self, arrivals: Sequence[_Arrival]) -> list[RunRow | BaseException]:
+        """Queues a batch of arrivals in one transaction (group commit): each gets its row, the run
+        already queued under its name (a retry), or its refusal (the account's queue is full)."""
+        for _ in range(3):
+            try:
+                return await self._queue_batch(arrivals)
+            except IntegrityError:
+                continue  # a concurrent write (the account's first tier row, set by an admin): look again
+        return [Aborted(f"{a.row.name} could not be queued under concurrent submissions; retry it") for a in arrivals]
+
+    async def _queue_batch(self, arrivals: Sequence[_Arrival]) -> list[RunRow | BaseException]:
+        outcomes: list[RunRow | BaseException] = []
+        async with self.engine.begin() as conn:
+            names = {a.row.name for a in arrivals}
+            existing = {name: await self.repo.get(conn, name) for name in await self.repo.existing(conn, names)}
+            queued = await self.repo.count_queued_by_account(conn, {a.row.account for a in arrivals})
+            tiers = await self._account_tiers()
+            new: dict[str, RunRow] = {}
+            for arrival in arrivals:
+                row = arrival.row
+                earlier = existing.get(row.name) or new.get(row.name)
+                if earlier is not None:
+                    outcomes.append(earlier)
+                elif queued.get(row.account, 0) >= arrival.max_queued_runs:
+                    outcomes.append(
+                        ResourceExhausted(
+                            f"the account's tier allows {arrival.max_queued_runs} queued runs; wait for some to start",
+                            reason="QUEUE_FULL",
+                        )
+                    )
+                else:
+                    queued[row.account] = queued.get(row.account, 0) + 1
+                    new[row.name] = row
+                    outcomes.append(row)
+            for account, tier in {r.account: r.tier for r in new.values() if r.account not in tiers}.items():
+                await self.cluster.set_tier(conn, account, tier, only_if_new=True)
+            await self.repo.insert_many(conn, list(new.values()))
+        for row in new.values():
+            self._tiers_cache.setdefault(row.account, row.tier)
+        return outcomes
 
     async def _account_tiers(self) -> dict[str, str]:
         """Each account's tier. This scheduler is the only writer of the table: read once, then kept."""
