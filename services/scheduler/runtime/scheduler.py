@@ -340,7 +340,7 @@ class Scheduler:
 
     async def get(self, name: str) -> RunRow:
         async with self.engine.connect() as conn:
-            run = await self.repo.get(conn, name)
+            run = await self.repo.get(conn, name, account=_account_of(name))  # scoped in the query itself
         if run is None:
             raise NotFound(f"run {name} not found")
         return run
@@ -359,7 +359,7 @@ class Scheduler:
         reason = reason or run_pb2.TERMINATION_REASON_USER
         async with self._lock:
             async with self.engine.begin() as conn:
-                run = await self.repo.get(conn, name)
+                run = await self.repo.get(conn, name, account=_account_of(name))
                 if run is None:
                     raise NotFound(f"run {name} not found")
                 if run.state in TERMINAL:
