@@ -51,15 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    config_path = Path(args[0])
     try:
-        config = RunnerConfig.load(Path(args[0]))
+        config = RunnerConfig.load(config_path)
     except ConfigError as exc:
         print(f"dlaas.runner: {exc}", file=sys.stderr)
         return 1
 
     from dlaas.runner.runner import Runner  # after the config is known good: grpc is the slow import
 
-    return Runner(config).run()
+    return Runner(config, config_path=config_path).run()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,14 @@
-"""The runner's input: JOB_DIR/runner.json, written by the backend that starts the runner."""
+"""The runner's input: JOB_DIR/runner.json, written by the backend that starts the runner.
+
+runner.json holds the attempt's secrets (its run token, the grant's temporary credentials or
+presigned URLs) only while the attempt is live: the runner reads it once, keeps what it needs in
+memory and, before it reports its end, rewrites the file without them (`remove_secrets`). The
+local backend does the same for a runner that died before it could.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -145,6 +152,8 @@ class RunnerConfig:
         """Validate a decoded runner.json; unknown keys are ignored (newer backends may add some)."""
         if not isinstance(document, dict):
             raise ConfigError(f"{source}: expected a JSON object")
+        if document.get(SECRETS_REMOVED):
+            raise ConfigError(f"{source}: its attempt has ended and its secrets were removed; it cannot run again")
         fields = _Fields(document, source)
         results_s3 = fields.s3_location("results_s3")
         return cls(
@@ -173,6 +182,64 @@ class RunnerConfig:
             grant=fields.text("grant", allow_empty=True, default=""),
             storage_address=fields.text("storage_address", allow_empty=True, default=""),
         )
+
+
+# Set in a runner.json whose secrets were removed (the attempt ended): it describes, it cannot run.
+SECRETS_REMOVED = "secrets_removed"
+# What an S3 location keeps once its attempt ended: where it was and until when, no credential.
+_LOCATION_KEEPS = ("endpoint", "region", "bucket", "prefix", "expire_ms")
+
+
+def without_secrets(document: Mapping[str, Any]) -> dict[str, Any]:
+    """runner.json as others may read it after the attempt: no run token, no key, no signed URL.
+
+    What stays: the run, attempt, GPUs, paths, the grant's name and the locations with their
+    expiry (make chaos and people looking at a job directory read these).
+    """
+    kept = {key: value for key, value in document.items() if key != "run_token"}
+    for key in ("code_s3", "data_s3", "results_s3"):
+        location = kept.get(key)
+        if not isinstance(location, dict):
+            continue
+        scrubbed = {name: location[name] for name in _LOCATION_KEEPS if name in location}
+        if "presigned" in location:
+            signed = location["presigned"]
+            objects = signed.get("objects", []) if isinstance(signed, dict) else []
+            scrubbed["presigned"] = {"object_count": len(objects) if isinstance(objects, list) else 0}
+        kept[key] = scrubbed
+    kept[SECRETS_REMOVED] = True
+    return kept
+
+
+def remove_secrets(path: Path) -> bool:
+    """Rewrites runner.json without its secrets, atomically and mode 0600; False if it could not.
+
+    Idempotent. A file that is gone or not ours to rewrite (a read-only Secret volume on
+    Kubernetes, deleted with its pod) is left as it is.
+    """
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(document, dict):
+        return False
+    if document.get(SECRETS_REMOVED):
+        return True
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(without_secrets(document), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        return False
+    return True
 
 
 _MISSING: Any = object()

@@ -1,23 +1,33 @@
-"""The run's storage grant on the runner's side: its S3 locations, renewed before they expire.
+"""The run's storage grant on the runner's side: its S3 locations, renewed before they expire,
+and its paths on the platform's local store, used only while the storage service vouches for them.
 
 One set of a grant's S3 credentials (or presigned URLs) lasts at most one STS session (12 h
 at most), while a run may last days. The runner renews its grant with its run token
 (`StorageService.RenewGrant`): before each transfer when the credentials would expire during
 it, and from a background thread while the command runs. The storage service refuses once the
 run has ended (the scheduler revoked the grant). Renewed credentials stay in memory: runner.json
-keeps the first ones only.
+keeps the first ones only, and loses them when the attempt ends.
+
+A path on the local store cannot expire or be taken back by the file system, so the runner asks
+(`vouch_local`, the same RenewGrant) right before it stages from the store and right before it
+writes results to it: a revoked or expired grant, or a wrong token, is refused there, and only
+paths inside the locations of the storage service's answer, in their mode, are used
+(`check_local`). This binds the runner, our code; see docs/storage.md for what it does not bind.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
+from dlaas.runner.reporter import RetryPolicy
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
 from dlaas.transfer import TransferError
 from dlaas.transfer_s3 import PresignedGet, S3Location
@@ -30,6 +40,11 @@ RENEW_AFTER = 0.5
 TRANSFER_MARGIN_S = 600.0
 _RETRY_S = 30.0
 _CALL_TIMEOUT_S = 30.0
+# A transfer about to start waits this long for a storage service that is down or restarting.
+STORAGE_RETRY = RetryPolicy(budget_s=60.0, initial_delay_s=0.2, max_delay_s=5.0)
+_TRANSIENT = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
 
 
 class GrantError(TransferError):
@@ -68,6 +83,44 @@ def s3_location(access: storage_pb2.ObjectAccess) -> S3Location | None:
 
 
 @dataclass(frozen=True)
+class LocalGrant:
+    """The local-store folders one answer of the storage service covers, and until when.
+
+    A location is a folder: `…/mnist` covers `…/mnist` and `…/mnist/…`, never `…/mnist-private`.
+    WRITE covers reading too; READ only reading.
+    """
+
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    expire_s: float
+
+    @classmethod
+    def from_grant(cls, grant: storage_pb2.Grant) -> LocalGrant:
+        reads: list[str] = []
+        writes: list[str] = []
+        if not grant.HasField("revoke_time"):
+            for access in grant.accesses:
+                if access.WhichOneof("method") != "local" or not os.path.isabs(access.local.path):
+                    continue
+                folder = os.path.normpath(access.local.path)
+                reads.append(folder)
+                if access.mode == storage_pb2.ACCESS_MODE_WRITE:
+                    writes.append(folder)
+        expire_s = grant.expire_time.ToMilliseconds() / 1000 if grant.HasField("expire_time") else 0.0
+        return cls(tuple(reads), tuple(writes), expire_s)
+
+    def check(self, path: Path, *, write: bool, now_s: float) -> None:
+        """Raises GrantError unless `path` is inside a folder granted for `write` (or reading)."""
+        if self.expire_s and now_s >= self.expire_s:
+            raise GrantError("the storage grant has expired")
+        wanted = os.path.normpath(os.path.abspath(path))
+        folders = self.writes if write else self.reads
+        if not any(wanted == folder or wanted.startswith(folder.rstrip(os.sep) + os.sep) for folder in folders):
+            mode = "write" if write else "read"
+            raise GrantError(f"the run's storage grant does not let it {mode} {wanted}")
+
+
+@dataclass(frozen=True)
 class _Slot:
     name: str
     bucket: str
@@ -76,11 +129,12 @@ class _Slot:
 
 
 class GrantKeeper:
-    """Holds the run's S3 locations (`data`, `code`, `results`) and renews them before they expire.
+    """Holds the run's S3 locations (`data`, `code`, `results`) and renews them before they expire;
+    checks its local-store paths against the storage service's latest answer.
 
     `renew` asks the storage service for fresh accesses; by default over gRPC to
-    `storage_address` with the run token. A keeper without a grant name (a platform-store run,
-    or an older scheduler) never renews.
+    `storage_address` with the run token. A keeper without a grant name (an older scheduler)
+    never renews, and uses no local-store path.
     """
 
     def __init__(
@@ -98,16 +152,20 @@ class GrantKeeper:
         self._storage_address = storage_address
         self._run_token = run_token
         self._renew_call = renew or self._call_storage
+        self._can_call = bool(grant and (storage_address or renew is not None))
         self._clock = clock
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._issued_s = clock()
+        # The local-store folders of the storage service's latest answer; None until it answered,
+        # and again once it refused.
+        self._local: LocalGrant | None = None
         self.renewals = 0
 
     @property
     def renewable(self) -> bool:
-        return bool(self._locations and self._grant and (self._storage_address or self._renew_call))
+        return bool(self._locations and self._can_call)
 
     def get(self, name: str) -> S3Location | None:
         with self._lock:
@@ -128,16 +186,48 @@ class GrantKeeper:
         if not self.renewable:
             return
         if self._earliest_expiry_s() - self._clock() < margin_s:
-            self.renew()
+            self.renew(retry=STORAGE_RETRY)
 
-    def renew(self) -> None:
-        try:
-            grant = self._renew_call()
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            detail = exc.details() if hasattr(exc, "details") else ""
-            raise GrantError(f"cannot renew the storage grant: {code.name if code else 'UNKNOWN'}: {detail}") from None
+    def renew(self, retry: RetryPolicy | None = None, *, failure: str = "cannot renew the storage grant") -> None:
+        """One RenewGrant; with `retry`, tried again while the storage service is unreachable."""
+        give_up = self._clock() + (retry.budget_s if retry else 0.0)
+        delays = retry.delays() if retry else iter(())
+        while True:
+            try:
+                grant = self._renew_call()
+                break
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                delay = next(delays, None)
+                if code in _TRANSIENT and delay is not None and self._clock() + delay < give_up:
+                    logger.warning("storage unreachable (%s); asking again in %.1f s", code.name, delay)
+                    if self._closing.wait(delay):
+                        delays = iter(())
+                    continue
+                detail = exc.details() if hasattr(exc, "details") else ""
+                raise GrantError(f"{failure}: {code.name if code else 'UNKNOWN'}: {detail}") from None
         self._apply(grant)
+
+    def vouch_local(self) -> None:
+        """Asks the storage service now whether the grant still holds (the run token, not revoked,
+        not expired) and keeps the local-store folders it answers; GrantError when it refuses.
+
+        Called right before staging from and writing to the platform store.
+        """
+        with self._lock:
+            self._local = None
+        if not self._can_call:
+            raise GrantError("runner.json names no storage grant for its paths on the platform store")
+        self.renew(retry=STORAGE_RETRY, failure="the storage service did not confirm the run's grant")
+
+    def check_local(self, path: Path, *, write: bool) -> Path:
+        """`path`, if the storage service's latest answer covers it in that mode; else GrantError."""
+        with self._lock:
+            local = self._local
+        if local is None:
+            raise GrantError("the storage service has not vouched for the run's grant")
+        local.check(path, write=write, now_s=self._clock())
+        return path
 
     def start(self) -> None:
         """Renews in the background, about halfway through each session, until `close`."""
@@ -192,6 +282,7 @@ class GrantKeeper:
                 )
                 if match is not None:
                     self._locations[name] = match
+            self._local = LocalGrant.from_grant(grant)
             self._issued_s = self._clock()
             self.renewals += 1
         logger.info("renewed the storage grant")

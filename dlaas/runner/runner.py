@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dlaas import transfer, transfer_s3
 from dlaas.runner import staging
-from dlaas.runner.config import RunnerConfig
+from dlaas.runner.config import RunnerConfig, remove_secrets
 from dlaas.runner.environment import build_child_env
 from dlaas.runner.grant import GrantKeeper
 from dlaas.runner.logfile import TrainingLog, files_phrase, human_size, tail_lines
@@ -95,8 +95,16 @@ def decide_outcome(
 class Runner:
     """Drives one attempt. ``run()`` must be called from the main thread (it handles signals)."""
 
-    def __init__(self, config: RunnerConfig, *, base_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: RunnerConfig,
+        *,
+        base_env: Mapping[str, str] | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.config = config
+        # runner.json, rewritten without its secrets once the attempt ends (see `_forget_secrets`).
+        self._config_path = config_path
         self.dirs = config.dirs
         self._base_env = dict(os.environ if base_env is None else base_env)
         self._started = time.monotonic()
@@ -128,6 +136,7 @@ class Runner:
             self._log = TrainingLog(self.dirs.training_log)
         except OSError as exc:
             logger.error("cannot open the training log in %s: %s", self.dirs.job, exc)
+            self._forget_secrets()
             self._waker.close()
             return 1
         self._reporter.start()
@@ -146,6 +155,7 @@ class Runner:
             )
         finally:
             self._grant.close()
+            self._forget_secrets()
             self._reporter.close()
             self._waker.close()
             self._log.close()
@@ -207,6 +217,13 @@ class Runner:
         for folder in (dirs.model, dirs.results, dirs.logs, dirs.checkpoints):
             folder.mkdir(parents=True, exist_ok=True)
         code_archive = self.config.code_archive_path
+        data_path = self.config.data_path
+        if code_archive is not None or data_path is not None:
+            # Paths on the platform store: staged from only while the storage service vouches for them.
+            self._grant.vouch_local()
+            for path in (code_archive, data_path):
+                if path is not None:
+                    self._grant.check_local(path, write=False)
         self._grant.ensure()
         code_s3 = self._grant.get("code")
         if code_s3 is not None:
@@ -224,8 +241,8 @@ class Runner:
         if data_s3 is not None:
             staged = transfer_s3.download_prefix(data_s3, dirs.data, fresh=self._grant.fresh("data"))
         else:
-            staged = staging.stage_data(self.config.data_path, dirs.data)
-        if self.config.data_path is not None or self.config.data_s3 is not None:
+            staged = staging.stage_data(data_path, dirs.data)
+        if data_path is not None or self.config.data_s3 is not None:
             notes = [f"{staged.linked} linked"] if staged.linked else []
             notes += [f"{staged.skipped} already there"] if staged.skipped else []
             self._log.line(
@@ -276,6 +293,9 @@ class Runner:
         try:
             for folder in (dirs.results, dirs.logs):
                 folder.mkdir(parents=True, exist_ok=True)
+            if self.config.results_path is not None:
+                # Results to the platform store: only while the storage service vouches for the grant.
+                self._grant.vouch_local()
             self._grant.ensure()
             results = self._upload_tree(dirs.results, "")
             logs = self._upload_tree(dirs.logs, "logs")
@@ -297,7 +317,7 @@ class Runner:
         if results_s3 is not None:
             return transfer_s3.upload_tree(folder, results_s3, under, fresh=self._grant.fresh("results"))
         assert self.config.results_path is not None
-        return transfer.copy_tree(folder, self.config.results_path / under)
+        return transfer.copy_tree(folder, self._grant.check_local(self.config.results_path / under, write=True))
 
     def _upload_training_log(self) -> None:
         results_s3 = self._grant.get("results")
@@ -306,7 +326,8 @@ class Runner:
             transfer_s3.upload_file(self.dirs.training_log, results_s3, key, fresh=self._grant.fresh("results"))
             return
         assert self.config.results_path is not None
-        transfer.copy_file(self.dirs.training_log, self.config.results_path / "logs" / "training.log", verify=True)
+        target = self._grant.check_local(self.config.results_path / "logs" / "training.log", write=True)
+        transfer.copy_file(self.dirs.training_log, target, verify=True)
 
     def _upload_log_best_effort(self) -> None:
         try:
@@ -336,6 +357,9 @@ class Runner:
         tail: tuple[str, ...] = ()
         if state != run_pb2.RUN_STATE_COMPLETED:
             tail = tuple(tail_lines(self.dirs.training_log, end=self._log_end))
+        # Before the end is reported: once the scheduler knows, nothing on disk may hold them.
+        self._grant.close()
+        self._forget_secrets()
         self._enter(state, exit_code=exit_code, reason=reason, message=message, log_tail=tail)
         if self._reporter.wait_terminal(TERMINAL_RETRY.budget_s + 60):
             return 0
@@ -343,6 +367,17 @@ class Runner:
         return 1
 
     # --- plumbing ------------------------------------------------------------------------
+
+    def _forget_secrets(self) -> None:
+        """Rewrites runner.json without the run token and the grant's credentials (kept in memory
+        for the reports still to send). Nothing on disk needs them once the attempt has ended."""
+        path, self._config_path = self._config_path, None
+        if path is None or remove_secrets(path):
+            return
+        if not os.access(path.parent, os.W_OK):  # a read-only Secret volume: the pod's end removes it
+            logger.info("%s is read only: its secrets go with the volume", path)
+        else:
+            logger.warning("could not remove the secrets from %s", path)
 
     def _enter(
         self,

@@ -6,8 +6,9 @@ real Ceph RGW; then every log record (DEBUG and up, every library), everything t
 printed, every file under the test's directory (the four SQLite databases' raw bytes, the
 runners' job directories, the local object store, what `dlaas download` fetched), every
 exported span, every RPC answer and the output of `dlaas data upload|ls|rm` and `dlaas download`
-on the connection is searched for the planted strings; the run tokens and the grants' temporary
-keys may be in runner.json only.
+on the connection is searched for the planted strings. The run tokens and the grants' temporary
+keys, read from each runner.json while its attempt is live (the one file that holds them then),
+are nowhere once the runs have ended: not even in runner.json.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from tests.s3 import S3Server
 from tests.support import ADMIN_KEY, SERVICE_TOKEN, Platform, submit, wait_for
 
 pytestmark = pytest.mark.e2e
+
+# Prepended to the command: it waits (in its model folder) for a file `release` in its job directory.
+HELD = "import pathlib, time\nwhile not pathlib.Path('../release').exists():\n    time.sleep(0.05)\n"
 
 
 def ffdl_manifest(endpoint: str, access_key: str, secret: str, data: str, results: str) -> str:
@@ -80,18 +84,32 @@ async def test_no_planted_secret_leaks_after_runs_on_s3(
     }
     answers: list[object] = [await register(platform, s3_server, registered)]
 
-    first = await submit(platform.client, manifest(registered), pack({"train.py": COMMAND}))
+    first = await submit(platform.client, manifest(registered), pack({"train.py": HELD + COMMAND}))
     second = await submit(
         platform.client,
         ffdl_manifest(s3_server.url, inline.user.access_key, inline.user.secret_key, inline.data, inline.results),
-        pack({"train.py": COMMAND}),
+        pack({"train.py": HELD + COMMAND}),
     )
     answers += [first, second]
+    # What each live attempt holds: its run token and its grant's temporary keys, in runner.json only
+    # (mode 0600). The runs take turns (a free account's one GPU); each waits to be released.
+    run_secrets: set[str] = set()
     for run in (first, second):
+        running = await wait_for(platform.client, run.name, {run_pb2.RUN_STATE_RUNNING}, timeout=180)
+        assert running.status.state == run_pb2.RUN_STATE_RUNNING, list(running.status.log_tail)
+        job = platform.jobs_dir / "default" / f"{run.name.rsplit('/', 1)[-1]}-a1"
+        assert (job / "runner.json").stat().st_mode & 0o077 == 0, "runner.json is readable by others"
+        held = RunnerConfig.load(job / "runner.json")
+        run_secrets.add(held.run_token)
+        for location in (held.code_s3, held.data_s3, held.results_s3):
+            if location is not None and location.secret_access_key:
+                run_secrets |= {location.access_key_id, location.secret_access_key, location.session_token}
+        (job / "release").touch()
         done = await wait_for(platform.client, run.name, timeout=180)
         assert done.status.state == run_pb2.RUN_STATE_COMPLETED, list(done.status.log_tail)
         answers.append(done)
         answers.append(await platform.client.GetRun(gateway_pb2.GetRunRequest(name=run.name)))
+    assert len(run_secrets) >= 2 + 2 * 3
     connections = connections_pb2_grpc.ConnectionServiceStub(platform.channel)
     listed = await connections.ListConnections(connections_pb2.ListConnectionsRequest())
     answers += [listed, await platform.client.ListRuns(gateway_pb2.ListRunsRequest())]
@@ -127,26 +145,13 @@ async def test_no_planted_secret_leaks_after_runs_on_s3(
     }
     files = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert any(path.suffix == ".db" for path in files) and any(path.name == "runner.json" for path in files)
-    # Each attempt's run token lives in its runner.json (the runner's own, mode 0600) and nowhere else.
-    run_tokens = set()
-    for path in files:
-        if path.name == "runner.json":
-            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
-            held = RunnerConfig.load(path)
-            run_tokens.add(held.run_token)
-            # The grant's temporary keys are the runner's too: runner.json only.
-            for location in (held.code_s3, held.data_s3, held.results_s3):
-                if location is not None and location.secret_access_key:
-                    run_tokens |= {location.secret_access_key, location.session_token}
-    assert len(run_tokens) >= 2 + 2
     for path in files:
         haystacks[str(path)] = path.read_bytes().decode("latin-1")
+        if path.name == "runner.json":  # still there for whoever reads it, without its secrets
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+            assert '"secrets_removed": true' in haystacks[str(path)], path
     assert haystacks["spans"] and haystacks["log records"]
     leaks = [(where, secret[:12]) for where, text in haystacks.items() for secret in planted if secret in text]
-    leaks += [
-        (where, "run token")
-        for where, text in haystacks.items()
-        for token in run_tokens
-        if token in text and not where.endswith("runner.json")
-    ]
+    # The attempts have ended: their run tokens and temporary keys are nowhere, runner.json included.
+    leaks += [(where, "run secret") for where, text in haystacks.items() for secret in run_secrets if secret in text]
     assert not leaks

@@ -17,6 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from dlaas.runner.grant import GrantError, LocalGrant
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
 from dlaas.types.v1 import run_pb2
 from services.common.db import sync_url
@@ -449,3 +450,90 @@ async def test_links_out_of_a_bucket_are_not_followed(storage: Storage, tmp_path
         storage_pb2.ListObjectsRequest(parent="accounts/alice", location=location("results"))
     )
     assert list(listing.objects) == []
+
+
+# --- grants on the local store: confirmed for their run's runner while live -------------------------
+
+
+def run_grant_request(
+    account: str, run_id: str, token: str, *accesses: storage_pb2.AccessRequest, ttl: Duration | None = None
+) -> storage_pb2.CreateGrantRequest:
+    """A grant as the scheduler asks for one: for a run, with the SHA-256 of its run token."""
+    return storage_pb2.CreateGrantRequest(
+        parent=f"accounts/{account}",
+        run=f"accounts/{account}/runs/{run_id}",
+        accesses=accesses,
+        ttl=ttl or Duration(seconds=600),
+        run_token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+    )
+
+
+async def confirm(storage: Storage, name: str, token: str) -> LocalGrant:
+    """What the runner does before it stages from or writes to the local store."""
+    answer = await storage.stub.RenewGrant(storage_pb2.RenewGrantRequest(name=name, run_token=token))
+    return LocalGrant.from_grant(answer)
+
+
+async def refusal(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value.code(), status_of(caught.value)[0]
+
+
+async def test_a_local_grant_reads_its_data_writes_its_results_and_nothing_else(storage: Storage) -> None:
+    a = await storage.stub.CreateGrant(
+        run_grant_request(
+            "alice", "run-a", "token-a", access("training-data", "mnist", READ), access("results", "run-a", WRITE)
+        )
+    )
+    b = await storage.stub.CreateGrant(
+        run_grant_request(
+            "alice", "run-b", "token-b", access("training-data", "mnist", READ), access("results", "run-b", WRITE)
+        )
+    )
+    alice = storage.objects / "alice"
+    now = time.time()
+
+    granted = await confirm(storage, a.name, "token-a")
+
+    granted.check(alice / "training-data" / "mnist" / "train.csv", write=False, now_s=now)
+    granted.check(alice / "results" / "run-a" / "model" / "weights.bin", write=True, now_s=now)
+    for path, write in [
+        (alice / "training-data" / "mnist-private" / "train.csv", False),
+        (alice / "training-data" / "other", False),
+        (alice / "training-data" / "mnist" / "train.csv", True),
+        (alice / "results" / "run-b" / "weights.bin", True),
+        (alice / "results" / "run-b" / "weights.bin", False),
+        (alice / "results" / "run-a2", True),
+        (storage.objects / "bob" / "training-data" / "mnist", False),
+    ]:
+        with pytest.raises(GrantError):
+            granted.check(path, write=write, now_s=now)
+    # Run B's token does not confirm run A's grant, nor a guess; an unknown grant answers alike.
+    for name, token in ((a.name, "token-b"), (a.name, "guess"), (a.name.rsplit("/", 1)[0] + "/" + "0" * 32, "token-a")):
+        assert await refusal(confirm(storage, name, token)) == (grpc.StatusCode.PERMISSION_DENIED, "RUN_TOKEN_INVALID")
+
+    # Run A ended: its grant is revoked and no longer confirmed; run B's still is.
+    await storage.stub.RevokeGrant(storage_pb2.RevokeGrantRequest(name=a.name))
+    revoked = await refusal(confirm(storage, a.name, "token-a"))
+    assert revoked == (grpc.StatusCode.FAILED_PRECONDITION, "GRANT_REVOKED")
+    (await confirm(storage, b.name, "token-b")).check(alice / "results" / "run-b", write=True, now_s=time.time())
+
+
+async def test_an_expired_local_grant_is_refused(storage: Storage) -> None:
+    grant = await storage.stub.CreateGrant(
+        run_grant_request(
+            "alice", "run-a", "token-a", access("results", "run-a", WRITE), ttl=Duration(nanos=500_000_000)
+        )
+    )
+    granted = await confirm(storage, grant.name, "token-a")
+    results = storage.objects / "alice" / "results" / "run-a"
+    granted.check(results, write=True, now_s=time.time())
+
+    await asyncio.sleep(0.7)
+
+    expired = await refusal(confirm(storage, grant.name, "token-a"))
+    assert expired == (grpc.StatusCode.FAILED_PRECONDITION, "GRANT_EXPIRED")
+    # An answer the runner already holds stops covering anything at the grant's expiry.
+    with pytest.raises(GrantError, match="expired"):
+        granted.check(results, write=True, now_s=time.time())

@@ -1,4 +1,5 @@
-"""The runner's parts that need no scheduler: config, staging, environment, log tail, process group."""
+"""The runner's parts that need no scheduler: config and its secrets, the local grant, staging,
+environment, log tail, process group."""
 
 from __future__ import annotations
 
@@ -6,20 +7,24 @@ import io
 import json
 import os
 import signal
+import stat
 import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from dlaas.runner.config import ConfigError, RunnerConfig
+from dlaas.runner.config import ConfigError, RunnerConfig, remove_secrets
 from dlaas.runner.environment import build_child_env
+from dlaas.runner.grant import GrantError, GrantKeeper, LocalGrant
 from dlaas.runner.logfile import TrainingLog, human_size, tail_lines
 from dlaas.runner.process import Command, Waker, exit_code_of
 from dlaas.runner.runner import StopReason, decide_outcome
 from dlaas.runner.staging import StagingError, UnsafeArchiveError, extract_code_archive, stage_data
 from dlaas.runner.state import Progress, StateFile
+from dlaas.storage.v1 import storage_pb2
 from dlaas.types.v1 import run_pb2
 
 
@@ -95,6 +100,149 @@ def test_config_refuses_a_missing_field_and_a_broken_file(tmp_path: Path) -> Non
         RunnerConfig.load(broken)
     with pytest.raises(ConfigError, match="cannot read"):
         RunnerConfig.load(tmp_path / "missing.json")
+
+
+def test_removing_the_secrets_keeps_what_others_read(tmp_path: Path) -> None:
+    signed = "http://127.0.0.1:9/data/mnist/a?X-Amz-Signature=sig-SECRET"
+    document = runner_document(
+        tmp_path,
+        grant="accounts/a/grants/g1",
+        results_path=None,
+        results_s3={
+            "endpoint": "http://127.0.0.1:9",
+            "region": "default",
+            "bucket": "results",
+            "prefix": "r1",
+            "access_key_id": "TEMPKEY-SECRET",
+            "secret_access_key": "temp-SECRET",
+            "session_token": "session-SECRET",
+            "expire_ms": 123,
+        },
+        data_s3={
+            "endpoint": "http://127.0.0.1:9",
+            "bucket": "data",
+            "prefix": "mnist",
+            "presigned": {
+                "objects": [["mnist/a", 3, "etag", signed]],
+                "post_url": "http://127.0.0.1:9/data",
+                "post_fields": {"policy": "policy-SECRET", "x-amz-signature": "post-SECRET"},
+            },
+        },
+    )
+    path = RunnerConfig.from_dict(document).write(tmp_path / "runner.json")
+    assert "SECRET" in path.read_text() and "s3cret" in path.read_text()
+
+    assert remove_secrets(path) and remove_secrets(path)  # once more changes nothing
+
+    text = path.read_text()
+    assert "SECRET" not in text and "s3cret" not in text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    left = json.loads(text)
+    assert left["secrets_removed"] is True and "run_token" not in left
+    # What make chaos, the tests and people read after the attempt stays.
+    assert (left["run"], left["gpu_indices"], left["grant"]) == ("accounts/a/runs/r1", [0, 2], "accounts/a/grants/g1")
+    assert left["results_s3"] == {
+        "endpoint": "http://127.0.0.1:9",
+        "region": "default",
+        "bucket": "results",
+        "prefix": "r1",
+        "expire_ms": 123,
+    }
+    assert left["data_s3"]["presigned"] == {"object_count": 1}
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    with pytest.raises(ConfigError, match="secrets were removed"):
+        RunnerConfig.load(path)
+    assert remove_secrets(tmp_path / "gone.json")  # nothing there, nothing held
+
+
+# --- the grant on the platform store ----------------------------------------------------------
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def local_answer(objects: Path, *, expire_s: float, revoked: bool = False) -> storage_pb2.Grant:
+    """The storage service's answer for run r1: READ on its data, WRITE on its results."""
+    answer = storage_pb2.Grant(name="accounts/a/grants/g1", run="accounts/a/runs/r1")
+    for path, mode in (
+        (objects / "a" / "data" / "mnist", storage_pb2.ACCESS_MODE_READ),
+        (objects / "a" / "results" / "r1", storage_pb2.ACCESS_MODE_WRITE),
+    ):
+        answer.accesses.add(mode=mode, local=storage_pb2.LocalAccess(path=str(path)))
+    answer.expire_time.FromMilliseconds(int(expire_s * 1000))
+    if revoked:
+        answer.revoke_time.FromMilliseconds(int(expire_s * 1000) - 1)
+    return answer
+
+
+def test_a_local_grant_covers_its_folders_in_their_modes_until_it_expires(tmp_path: Path) -> None:
+    objects = tmp_path / "objects"
+    grant = LocalGrant.from_grant(local_answer(objects, expire_s=1000.0))
+    data, results = objects / "a" / "data" / "mnist", objects / "a" / "results" / "r1"
+
+    for path in (data, data / "train.csv", results / "logs" / "training.log"):
+        grant.check(path, write=False, now_s=10.0)
+    grant.check(results, write=True, now_s=10.0)
+    grant.check(results / "model" / "w.bin", write=True, now_s=10.0)
+    refused = [
+        (objects / "a" / "data" / "mnist-private" / "x", False),  # a sibling with the same start
+        (objects / "a" / "data", False),  # the bucket above the prefix
+        (objects / "b" / "data" / "mnist", False),  # another account
+        (data / "train.csv", True),  # the data is read only
+        (objects / "a" / "results" / "r2", True),  # another run's results
+        (objects / "a" / "results" / "r2", False),
+        (objects / "a" / "results" / "r12", True),
+        (results / ".." / "r2" / "x", True),
+    ]
+    for path, write in refused:
+        with pytest.raises(GrantError, match="does not let it"):
+            grant.check(path, write=write, now_s=10.0)
+    with pytest.raises(GrantError, match="expired"):
+        grant.check(data, write=False, now_s=1000.0)
+    revoked = LocalGrant.from_grant(local_answer(objects, expire_s=1000.0, revoked=True))
+    with pytest.raises(GrantError, match="does not let it"):
+        revoked.check(data, write=False, now_s=10.0)
+
+
+def test_the_runner_uses_local_paths_only_while_the_storage_service_vouches(tmp_path: Path) -> None:
+    objects = tmp_path / "objects"
+    data = objects / "a" / "data" / "mnist"
+    answers: list[storage_pb2.Grant | grpc.RpcError] = []
+
+    def renew() -> storage_pb2.Grant:
+        answer = answers.pop(0)
+        if isinstance(answer, grpc.RpcError):
+            raise answer
+        return answer
+
+    keeper = GrantKeeper({}, grant="accounts/a/grants/g1", storage_address="", run_token="t", renew=renew)
+    with pytest.raises(GrantError, match="not vouched"):
+        keeper.check_local(data, write=False)  # nothing asked yet
+    # A storage service that is restarting is asked again; then its answer is what counts.
+    answers += [FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down"), local_answer(objects, expire_s=time.time() + 60)]
+    keeper.vouch_local()
+    assert keeper.check_local(data / "train.csv", write=False) == data / "train.csv"
+    with pytest.raises(GrantError, match="does not let it write"):
+        keeper.check_local(objects / "a" / "results" / "r2", write=True)
+    # The run ended (the scheduler revoked the grant): refused, and the earlier answer is dropped.
+    answers.append(FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "grant g1 was revoked: its run ended"))
+    with pytest.raises(GrantError, match=r"did not confirm the run's grant: FAILED_PRECONDITION: .*revoked"):
+        keeper.vouch_local()
+    with pytest.raises(GrantError, match="not vouched"):
+        keeper.check_local(data, write=False)
+    assert answers == []
+    # No grant in runner.json: no path on the platform store at all.
+    orphan = GrantKeeper({}, grant="", storage_address="127.0.0.1:1", run_token="t")
+    with pytest.raises(GrantError, match="names no storage grant"):
+        orphan.vouch_local()
 
 
 # --- the code archive ----------------------------------------------------------------------

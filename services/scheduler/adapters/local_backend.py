@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dlaas.procs import alive
-from dlaas.runner.config import RunnerConfig
+from dlaas.runner.config import RunnerConfig, remove_secrets
 from dlaas.runner.state import LastWord, read_state
 from dlaas.types.v1 import run_pb2
 from services.scheduler.adapters.backend import NodesChanged
@@ -170,12 +170,16 @@ class LocalBackend:
         return False
 
     def kill_command(self, run: str, attempt: int) -> None:
-        """Kills what is left of the attempt's command (its process group) once its runner is gone."""
+        """Kills what is left of the attempt's command (its process group) once its runner is gone,
+        and removes the secrets a runner that died (kill -9, out of memory) left in its runner.json."""
         last = self.final_state(run, attempt)
         pgid = last.command_pgid if last else None
         if pgid is not None and pgid > 1:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+        config = self.job_dir(run, attempt) / "runner.json"
+        if not remove_secrets(config):
+            log.warning("could not remove the secrets from %s", config)
 
     def kill_runner(self, run: str, attempt: int) -> None:
         """Kills a runner that did not stop when asked, and its command."""

@@ -43,8 +43,10 @@ class LocalObjectStore:
         return [await asyncio.to_thread(self._grant_access, account, location, mode) for location, mode in accesses]
 
     async def revoke(self, account: str, grant_id: str) -> None:
-        # Paths cannot be taken back: the local store serves processes of this machine, which the
-        # scheduler stops when their run ends.
+        # Nothing to take back on the file system, which knows no grants: the broker marks the grant
+        # revoked in its table, and a runner confirms its grant (RenewGrant, refused once revoked or
+        # expired) right before it stages from or writes to these paths. A process of this machine
+        # running as the same user can still open them; docs/storage.md says so.
         return None
 
     async def write_object(self, account: str, location: Location, data: bytes) -> ObjectMeta:
