@@ -11,6 +11,8 @@ the API server does for what the scheduler depends on:
   `resourceVersion`, ends after `timeoutSeconds`, and answers 410 Gone (an `ERROR` event) for a
   version older than the last compaction (`compact()`);
 - `pods/{name}/binding` sets `spec.nodeName` and answers 201 with a `Status` (409 if bound);
+  `hold_bindings` makes answers wait until a given number of bindings has arrived, so that a
+  test can tell bindings sent together from bindings sent one after another;
 - `PUT pods/{name}/status`, merge `PATCH` of objects and of `nodes/{name}/status`;
 - deleting a running pod is graceful (`deletionTimestamp`, then the kubelet deletes it with
   grace 0); owners' deletion garbage-collects the objects they own;
@@ -28,6 +30,7 @@ import contextlib
 import copy
 import itertools
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -106,6 +109,11 @@ class ApiServer:
     _compacted: int = 0
     gone_sent: int = 0  # watches told 410 Gone
     lists: int = 0  # the scheduler's list calls: nodes, and pods of a namespace (not the kubelet's)
+    created: list[dict[str, Any]] = field(default_factory=list)  # every object as created (wire form)
+    bindings_arrived: list[str] = field(default_factory=list)  # pods whose binding was asked, in order
+    # Pods whose binding was answered by this module, each with the bindings arrived by then.
+    bindings_answered: list[tuple[str, list[str]]] = field(default_factory=list)
+    _hold: tuple[re.Pattern[str], int, float] | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _changed: asyncio.Condition | None = None
     _thread: threading.Thread | None = None
@@ -138,6 +146,7 @@ class ApiServer:
 
         class Handler(kmock.RawHandler):
             async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+                await server._arrived(request)  # before the reactions, which may answer it
                 try:
                     return await super()._handle(request)  # the tests' reactions (fault injection) first
                 except NotImplementedError:
@@ -162,6 +171,18 @@ class ApiServer:
             return result
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def hold_bindings(self, pods: str, count: int, timeout_s: float = 10) -> None:
+        """Answers a binding of a pod whose name matches `pods` only once `count` bindings of such
+        pods have arrived (those the tests' reactions answer included), or after `timeout_s`."""
+        self._hold = (re.compile(pods), count, timeout_s)
+
+    async def _arrived(self, request: kmock.Request) -> None:
+        if str(request.subresource) == "binding" and request.name:
+            self.bindings_arrived.append(str(request.name))
+            assert self._changed is not None
+            async with self._changed:
+                self._changed.notify_all()
 
     def compact(self) -> None:
         """Forgets the history so far: a watch resuming from an older version gets 410 Gone."""
@@ -214,6 +235,7 @@ class ApiServer:
         obj["_plural"] = plural
         self.objects[key] = obj
         await self._record("ADDED", obj)
+        self.created.append(self._wire(obj))
         return obj
 
     async def update(self, key: Key, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -306,6 +328,17 @@ class ApiServer:
         pod = self.objects.get(key)
         if pod is None:
             raise _Refused(404, "NotFound", f'pods "{key[2]}" not found')
+        if self._hold is not None and self._hold[0].search(key[2]):
+            pattern, count, timeout_s = self._hold
+            assert self._changed is not None
+
+            def held() -> bool:
+                return len([name for name in self.bindings_arrived if pattern.search(name)]) >= count
+
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait_for(held), timeout_s)
+        self.bindings_answered.append((key[2], list(self.bindings_arrived)))
         if pod["spec"].get("nodeName"):
             raise _Refused(409, "Conflict", f'pod {key[2]} is already assigned to node "{pod["spec"]["nodeName"]}"')
         node = binding["target"]["name"]

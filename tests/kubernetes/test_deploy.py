@@ -15,8 +15,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from kubernetes import client
 
-from services.scheduler.adapters.kubernetes_backend import node_from_object
+from dlaas.types.v1 import run_pb2
+from services.scheduler.adapters.kubernetes_backend import KubernetesBackend, KubernetesOptions, node_from_object
 from services.scheduler.adapters.kubernetes_manifests import (
     Learner,
     binding_manifest,
@@ -129,7 +131,6 @@ def test_every_generated_manifest_is_valid_strictly_and_holds_its_gpus(learners:
         assert runner["securityContext"]["allowPrivilegeEscalation"] is False
         assert runner["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert spec["automountServiceAccountToken"] is False
-        assert "run_token" not in yaml.safe_dump(pod)  # the token is in the Secret only
 
 
 def test_the_learners_service_deployed_is_the_one_gangs_pods_name() -> None:
@@ -143,10 +144,52 @@ def test_the_learners_service_deployed_is_the_one_gangs_pods_name() -> None:
     assert deployed[0]["metadata"]["namespace"] == "dlaas-runs"
     assert deployed[0]["spec"] == expected["spec"]
     kubernetes_validate.validate(expected, "1.32", strict=True)
-    rules = next(
-        o["rules"] for o in _script("kustomize").build(DEPLOY / "overlays" / "production") if o["kind"] == "Role"
+
+
+def _rights(kind: str) -> dict[str, list[str]]:
+    """resource → verbs the production overlay grants the scheduler, from its one object of `kind`."""
+    [role] = [o for o in _script("kustomize").build(DEPLOY / "overlays" / "production") if o["kind"] == kind]
+    rights: dict[str, list[str]] = {}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""], rule  # the core group only
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames, no nonResourceURLs
+        for resource in rule["resources"]:
+            rights[resource] = sorted({*rights.get(resource, []), *rule["verbs"]})
+    return rights
+
+
+def test_the_scheduler_holds_exactly_the_rights_it_uses() -> None:
+    # Secrets: created with each pod, deleted once it ended; never read back, listed or watched.
+    assert _rights("Role") == {
+        "pods": ["create", "delete", "get", "list", "watch"],
+        "pods/binding": ["create"],
+        "pods/log": ["get"],
+        "secrets": ["create", "delete"],
+    }
+    assert _rights("ClusterRole") == {"nodes": ["get", "list", "watch"]}
+
+
+def _spec(framework: str, version: str = "") -> run_pb2.RunSpec:
+    return run_pb2.RunSpec(framework=run_pb2.Framework(name=framework, version=version))
+
+
+def test_a_versioned_image_wins_over_the_frameworks_own_and_a_missing_one_names_the_field() -> None:
+    images = {"python": "runner:1", "python:3.12": "runner-py312:1", "pytorch:2.13": "runner-pytorch:2.13"}
+    backend = KubernetesBackend(
+        client.ApiClient(client.Configuration(host="http://127.0.0.1:9")),  # never called
+        KubernetesOptions(namespace="dlaas-runs", scheduler_name="dlaas-scheduler", images=images),
     )
-    assert sorted(r for rule in rules for r in rule["resources"]) == ["pods", "pods/binding", "pods/log", "secrets"]
+    assert backend.image_for("python", "3.12") == "runner-py312:1"
+    assert backend.image_for("python", "3.11") == backend.image_for("python", "") == "runner:1"
+    assert backend.image_for("pytorch", "2.13") == "runner-pytorch:2.13"
+    assert backend.refusal(_spec("python", "2.7")) is None  # the framework's own image takes any version
+
+    refused = backend.refusal(_spec("pytorch", "2.0"))
+    assert refused is not None and refused[1] == "FRAMEWORK_IMAGE_MISSING"
+    assert refused[0].startswith("framework.version: ") and "pytorch 2.0" in refused[0]
+    refused = backend.refusal(_spec("jax", "0.4"))
+    assert refused is not None and refused[1] == "FRAMEWORK_IMAGE_MISSING"
+    assert refused[0].startswith("framework.name: ") and "jax 0.4" in refused[0]
 
 
 def test_nodes_come_from_allocatable_gpus_and_labels_skipping_cordoned_and_not_ready() -> None:

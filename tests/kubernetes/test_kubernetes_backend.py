@@ -8,6 +8,7 @@ shown here is shown against the stand-in (tests/kubernetes/apiserver.py), not a 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import textwrap
@@ -19,9 +20,12 @@ from typing import Any
 import grpc
 import kubernetes_validate
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from kubernetes import client
 
 from dlaas.gateway.v1 import cluster_pb2, cluster_pb2_grpc, gateway_pb2
+from dlaas.intervals import attempt_intervals
 from dlaas.types.v1 import run_pb2
 from services.scheduler.adapters.kubernetes_manifests import learners_service_manifest
 from services.scheduler.app import build_server as build_scheduler
@@ -46,6 +50,9 @@ NAMESPACE = "dlaas-runs"
 H100 = "NVIDIA-H100-80GB-HBM3"
 A100 = "NVIDIA-A100-SXM4-40GB"
 NODES = {"h100-a": H100, "h100-b": H100, "a100-a": A100}
+RUNNER = "registry.example/dlaas/runner:1.0"
+RUNNER_PY312 = "registry.example/dlaas/runner-py312:1.0"
+IMAGES = {"python": RUNNER, "python:3.12": RUNNER_PY312, "pytorch:2.13": "registry.example/dlaas/runner-pytorch:2.13"}
 TIERS = {
     "free": Tier(max_gpus=1, max_queued_runs=100),
     "standard": Tier(max_gpus=16, max_queued_runs=100),
@@ -77,7 +84,7 @@ async def _platform(
             "backend": "kubernetes",
             "kubernetes_api_url": api.url,
             "kubernetes_namespace": NAMESPACE,
-            "kubernetes_images": {"python": "registry.example/dlaas/runner:1.0"},
+            "kubernetes_images": dict(IMAGES),
             "kubernetes_termination_grace_s": 30,
         },
     )
@@ -104,12 +111,14 @@ async def free(
         yield platform
 
 
-def manifest(command: str, *, gpus: int, gpu_type: str = "", learners: int = 1) -> str:
+def manifest(
+    command: str, *, gpus: int, gpu_type: str = "", learners: int = 1, framework: str = "{name: python}"
+) -> str:
     wanted = f", gpu_type: {gpu_type}" if gpu_type else ""
     return textwrap.dedent(
         f"""\
         name: k8s
-        framework: {{name: python}}
+        framework: {framework}
         command: {json.dumps(command)}
         resources: {{gpus: {gpus}, learners: {learners}, cpus: 2, memory: 4GiB{wanted}}}
         results: {{bucket: results}}
@@ -123,6 +132,50 @@ def pods_of(api: ApiServer, run: str) -> list[dict[str, Any]]:
 
 def run_id(name: str) -> str:
     return name.rsplit("/", 1)[-1]
+
+
+def of_run(objects: list[dict[str, Any]], run: str, attempt: int | None = None) -> list[dict[str, Any]]:
+    """The objects (pods, Secrets) labelled with the run's id, and of one attempt if given."""
+    labels = [o["metadata"].get("labels") or {} for o in objects]
+    return [
+        o
+        for o, label in zip(objects, labels, strict=True)
+        if label.get("dlaas.io/run-id") == run_id(run)
+        and (attempt is None or label.get("dlaas.io/attempt") == str(attempt))
+    ]
+
+
+def no_secrets_of(api: ApiServer, run: str, attempt: int | None = None) -> bool:
+    return of_run(api.of("secrets"), run, attempt) == []
+
+
+def runner_json(secret: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(base64.b64decode(secret["data"]["runner.json"]))
+    return config
+
+
+def gated(gate: Path, then: str = "true") -> str:
+    """A command that waits for the test to make `gate` (two minutes at most: a runner killed with
+    its node leaves its command behind), then runs `then`."""
+    return f"i=0; while [ ! -e {gate} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; test -e {gate} && {then}"
+
+
+async def until_run(stub: Any, name: str, condition: Callable[[gateway_pb2.Run], bool], timeout: float = 60) -> None:
+    """Polls the run until `condition` holds (its state as the scheduler records it, not a timing)."""
+    async with asyncio.timeout(timeout):
+        while not condition(await stub.GetRun(gateway_pb2.GetRunRequest(name=name))):
+            await asyncio.sleep(0.05)
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None, error
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
 
 
 def validate_strictly(obj: dict[str, Any]) -> None:
@@ -160,23 +213,31 @@ async def test_runs_are_bound_to_nodes_of_their_gpu_type_with_their_gpu_count(
     resources = a100_pod["spec"]["containers"][0]["resources"]
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "3"
     assert resources["requests"]["cpu"] == "2000m" and resources["limits"]["memory"] == "4096Mi"
-    assert a100_pod["spec"]["containers"][0]["image"] == "registry.example/dlaas/runner:1.0"
+    assert a100_pod["spec"]["containers"][0]["image"] == RUNNER
     [h100_pod] = pods_of(api, on_h100.name)
     assert h100_pod["spec"]["nodeName"] in ("h100-a", "h100-b")
     assert ("a100-a", 3) in {(node, gpus) for _, node, gpus in kubelet.started}
 
-    # The run's token and grant are in a Secret its pod owns; nothing else holds them.
-    [secret] = [s for s in api.of("secrets") if s["metadata"]["name"] == a100_pod["metadata"]["name"]]
+    # The run's token is in the Secret its pod owns (as created: it is deleted once the pod ended),
+    # and in no other object the API server was given: not in a pod's env, args or annotations.
+    [secret] = [
+        s for s in api.created if s["kind"] == "Secret" and s["metadata"]["name"] == a100_pod["metadata"]["name"]
+    ]
     assert secret["metadata"]["ownerReferences"][0]["uid"] == a100_pod["metadata"]["uid"]
-    assert "run_token" not in json.dumps(a100_pod)
-    assert "trained on 3 GPUs" in await read_logs(standard.client, on_a100.name)
-
+    token = runner_json(secret)["run_token"]
+    assert len(token) >= 32
+    holders = [o for o in [*api.created, *api.of("pods")] if token in json.dumps(o)]
+    assert holders == [], [f"{o['kind']}/{o['metadata']['name']}" for o in holders]
+    assert [o for o in api.created if o["kind"] == "Secret" and token in json.dumps(runner_json(o))] == [secret]
     for obj in (a100_pod, h100_pod, secret):
         validate_strictly(obj)
-    # Cleaning up the run's pod takes its Secret with it.
-    core: Any = client.CoreV1Api(client.ApiClient(client.Configuration(host=api.url)))
-    core.delete_namespaced_pod(a100_pod["metadata"]["name"], NAMESPACE, _preload_content=False)
-    await until(lambda: not [s for s in api.of("secrets") if s["metadata"]["name"] == a100_pod["metadata"]["name"]])
+
+    # Once a run's pod has ended its Secret is deleted; the pod stays, and with it the run's log.
+    for run in (on_a100, on_h100):
+        await until(partial(no_secrets_of, api, run.name))
+        assert [p["status"]["phase"] for p in pods_of(api, run.name)] == ["Succeeded"]
+    assert "trained on 3 GPUs" in await read_logs(standard.client, on_a100.name)
+    assert "hello from h100" in await read_logs(standard.client, on_h100.name)
 
 
 async def test_a_two_learner_gang_is_bound_all_at_once_or_not_at_all(
@@ -185,6 +246,9 @@ async def test_a_two_learner_gang_is_bound_all_at_once_or_not_at_all(
     # The first try to bind the gang's second pod fails: the attempt is undone, the run queued again.
     handler: Any = api.handler
     handler["post", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+-a1-1/binding")][:1] << 500
+    # Attempt 1's bindings are answered only once both have arrived (or after 10 s): bindings sent
+    # one after another would show here as the first answered before the second was sent.
+    api.hold_bindings(r"-a1-\d+$", 2)
     gang = await submit(
         standard.client,
         manifest("echo learner $LEARNER_ID of $NUM_LEARNERS rank $RANK at $MASTER_ADDR; sleep 2", gpus=4, learners=2),
@@ -196,11 +260,29 @@ async def test_a_two_learner_gang_is_bound_all_at_once_or_not_at_all(
     assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
     assert_terminal_once(done)
     assert done.status.attempt == 2
-    # Billed for every learner's GPUs, each attempt once (the failed one from assignment to its undoing).
-    records = await closed_usage_records(standard.client, done)
-    assert sorted((r.attempt, r.gpus) for r in records) == [(1, 8), (2, 8)]
+    rid = run_id(gang.name)
+    # Both bindings of attempt 1 were sent before either was answered: Kubernetes binds one pod per
+    # call, and the backend sends a gang's together.
+    answered = dict(api.bindings_answered)
+    assert {f"{rid}-a1-0", f"{rid}-a1-1"} <= set(answered[f"{rid}-a1-0"]), api.bindings_answered
 
-    assert {p["metadata"]["labels"]["dlaas.io/attempt"] for p in pods} == {"2"}  # nothing of the failed one is left
+    # Billed for every learner's GPUs, each attempt once; the undone attempt exactly from its
+    # assignment to its undoing (the scheduler's transitions), nothing after.
+    records = {r.attempt: r for r in await closed_usage_records(standard.client, done)}
+    intervals = attempt_intervals(done)
+    assert sorted(records) == [1, 2]
+    for attempt, record in records.items():
+        start, end = intervals[attempt]
+        assert end is not None
+        assert (record.gpus, record.start_time.ToMilliseconds(), record.end_time.ToMilliseconds()) == (8, start, end)
+        assert record.gpu_milliseconds == 8 * (end - start)
+    assert records[1].end_time.ToMilliseconds() <= records[2].start_time.ToMilliseconds()
+
+    # Nothing of the failed attempt is left: no pod, no Secret, no runner (one may have started on
+    # the pod that was bound before its partner's binding failed: it was killed with its pod).
+    assert {p["metadata"]["labels"]["dlaas.io/attempt"] for p in pods} == {"2"}
+    assert of_run(api.of("pods"), gang.name, 1) == [] and no_secrets_of(api, gang.name, 1)
+    await until(lambda: all(c.done for name, c in kubelet.containers.items() if name.startswith(f"{rid}-a1-")))
     assert sorted(p["spec"]["nodeName"] for p in pods) == ["h100-a", "h100-b"]
     # Every learner is under the runs' headless Service (deployed with the platform): DNS names for the gang.
     learners = learners_service_manifest(NAMESPACE)
@@ -248,14 +330,22 @@ async def test_a_watch_expiring_with_410_gone_loses_no_run(standard: Platform, a
 
 
 async def test_a_node_going_not_ready_under_a_run_requeues_it(
-    standard: Platform, api: ApiServer, kubelet: FakeKubelet
+    standard: Platform, api: ApiServer, kubelet: FakeKubelet, tmp_path: Path
 ) -> None:
     run = await submit(standard.client, manifest("sleep 30", gpus=4, gpu_type="a100"))
     await wait_for(standard.client, run.name, {run_pb2.RUN_STATE_RUNNING})
-    victim = await submit(standard.client, manifest("sleep 1", gpus=4, gpu_type="h100"))
+    # The victim cannot finish before the test lets it: only its second attempt is let through.
+    gate = tmp_path / "second-attempt-may-finish"
+    victim = await submit(standard.client, manifest(gated(gate), gpus=4, gpu_type="h100"))
     await wait_for(standard.client, victim.name, {run_pb2.RUN_STATE_RUNNING})
     [pod] = pods_of(api, victim.name)
     kubelet.lose_node(pod["spec"]["nodeName"])
+    await until_run(
+        standard.client, victim.name, lambda r: r.status.attempt == 2 and r.status.state == run_pb2.RUN_STATE_RUNNING
+    )
+    # The lost attempt's Secret is gone (its token must not outlive it).
+    await until(partial(no_secrets_of, api, victim.name, 1))
+    gate.touch()
     done = await wait_for(standard.client, victim.name)
     assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
     assert done.status.attempt == 2
@@ -286,7 +376,7 @@ async def test_a_restarted_scheduler_adopts_its_pods_by_label(
             backend="kubernetes",
             kubernetes_api_url=api.url,
             kubernetes_namespace=NAMESPACE,
-            kubernetes_images={"python": "registry.example/dlaas/runner:1.0"},
+            kubernetes_images=dict(IMAGES),
         )
     )
     await standard.scheduler.start()
@@ -329,3 +419,55 @@ async def test_a_gang_losing_a_learners_pod_ends_the_attempt_and_runs_again(stan
     assert done.status.attempt == 2
     assert_terminal_once(done)
     await until(lambda: all(p["metadata"]["labels"]["dlaas.io/attempt"] == "2" for p in pods_of(api, gang.name)))
+
+
+async def test_following_a_runs_log_shows_lines_while_it_runs_and_ends_when_it_ends(
+    standard: Platform, tmp_path: Path
+) -> None:
+    gate = tmp_path / "go"  # the run waits for it; the test makes it once it saw the first line live
+    run = await submit(standard.client, manifest(f"echo before the gate; {gated(gate, 'echo after the gate')}", gpus=1))
+    seen = b""
+    states_when_seen: list[int] = []
+
+    async def follow() -> None:
+        nonlocal seen
+        stream = standard.client.StreamRunLogs(gateway_pb2.StreamRunLogsRequest(name=run.name, follow=True))
+        async for chunk in stream:
+            seen += chunk.data
+            if b"before the gate" in seen and not gate.exists():
+                live = await standard.client.GetRun(gateway_pb2.GetRunRequest(name=run.name))
+                states_when_seen.append(live.status.state)
+                gate.touch()
+
+    await asyncio.wait_for(follow(), 60)  # the stream ends by itself
+    # A line came while the run ran (the runner starts the command, then reports RUNNING: the
+    # state may still say DOWNLOADING then; it cannot be an end).
+    assert len(states_when_seen) == 1 and states_when_seen[0] not in TERMINAL, states_when_seen
+    assert b"after the gate" in seen, seen  # and what came after, on the same stream
+    ended = await standard.client.GetRun(gateway_pb2.GetRunRequest(name=run.name))
+    assert ended.status.state == run_pb2.RUN_STATE_COMPLETED, ended.status.message  # it ended with the run
+    assert seen.decode() == await read_logs(standard.client, run.name)  # nothing twice, nothing lost
+
+
+async def test_a_versioned_image_wins_and_a_framework_without_an_image_is_refused(
+    standard: Platform, api: ApiServer
+) -> None:
+    on_312 = await submit(standard.client, manifest("true", gpus=1, framework="{name: python, version: '3.12'}"))
+    on_311 = await submit(standard.client, manifest("true", gpus=1, framework="{name: python, version: '3.11'}"))
+    for run in (on_312, on_311):
+        done = await wait_for(standard.client, run.name)
+        assert done.status.state == run_pb2.RUN_STATE_COMPLETED, done.status.message
+    images = {
+        run.name: {c["image"] for p in pods_of(api, run.name) for c in p["spec"]["containers"]}
+        for run in (on_312, on_311)
+    }
+    assert images == {on_312.name: {RUNNER_PY312}, on_311.name: {RUNNER}}
+
+    # pytorch is offered (the gateway takes it) but only 2.13 has a runner image here.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await submit(standard.client, manifest("true", gpus=1, framework="{name: pytorch, version: '2.0'}"))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(refused.value) == "FRAMEWORK_IMAGE_MISSING"
+    assert (refused.value.details() or "").startswith("framework.version: "), refused.value.details()
+    listed = await standard.client.ListRuns(gateway_pb2.ListRunsRequest())
+    assert {r.name for r in listed.runs} == {on_312.name, on_311.name}  # nothing of the refused one stored

@@ -2,11 +2,14 @@
 
 The scheduler's placement (pure, in domain/) picks the nodes; this adapter creates the pods with
 `schedulerName` set to ours, so that no other scheduler touches them, and binds each one to its
-node through the Binding subresource, a gang all at once or not at all. Pods and nodes are
-watched (list, then watch from its resourceVersion; a 410 Gone lists again); what the runtime
-asks under its lock is answered from that view. Logs come from the pod log API. A node that is
-cordoned leaves the schedulable set; one that turns NotReady or disappears also ends the attempts
-on it, so that the runtime queues their runs again.
+node through the Binding subresource. Kubernetes binds one pod per call: a gang's pods are
+bound concurrently, and if any binding fails every pod of the attempt is deleted (a gang never
+runs with part of its learners). Pods and nodes are watched (list, then watch from its
+resourceVersion; a 410 Gone lists again); what the runtime asks under its lock is answered from
+that view. Logs come from the pod log API. A node that is cordoned leaves the schedulable set; one
+that turns NotReady or disappears also ends the attempts on it, so that the runtime queues their
+runs again. A pod that has ended loses its Secret (the run token, the grant's keys) at once; the
+pod itself stays, for its log.
 
 Every call of the official client is blocking: one-off calls go through `asyncio.to_thread`;
 the two long-lived watches run in daemon threads of their own, so that closing the backend
@@ -24,7 +27,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dlaas.runner.config import RunnerConfig
 from dlaas.runner.state import LastWord
@@ -43,6 +46,7 @@ from services.scheduler.adapters.kubernetes_manifests import (
     Learner,
     binding_manifest,
     pod_manifest,
+    pod_name,
     rendezvous_environment,
     secret_manifest,
 )
@@ -52,11 +56,22 @@ from services.scheduler.domain.model import Allocation, Node
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (run name, attempt)
+_T = TypeVar("_T")
 _ENDED_PHASES = ("Succeeded", "Failed")
+_SECRET_DELETES = 4  # at once: a restart may find many ended pods whose Secrets it must make sure of
 
 
 class KubernetesError(RuntimeError):
     """The API server refused or failed a call the backend needed."""
+
+
+async def _all_or_raise(calls: Sequence[Awaitable[_T]]) -> list[_T]:
+    """Runs the calls concurrently, lets every one finish, then raises the first failure if any."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [result for result in results if not isinstance(result, BaseException)]
 
 
 def _json(response: Any) -> Any:
@@ -77,6 +92,14 @@ def api_client(url: str) -> Any:
     except config.ConfigException:
         config.load_kube_config()
     return client.ApiClient()
+
+
+def secret_of(pod: Mapping[str, Any]) -> str:
+    """The name of the Secret the pod mounts its runner.json from."""
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        if "secret" in volume:
+            return str(volume["secret"]["secretName"])
+    return str(pod["metadata"]["name"])
 
 
 def _learners(pod: Mapping[str, Any]) -> int:
@@ -138,23 +161,30 @@ class KubernetesBackend:
         self._on_nodes: NodesChanged | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._synced = False
+        self._secrets_gone: set[str] = set()  # uids of ended pods whose Secret was deleted
+        self._secret_deletes: asyncio.Semaphore | None = None
 
     # ---- what runs where -------------------------------------------------------------------
 
     def image_for(self, framework: str, version: str) -> str | None:
+        """The image of "framework:version" if one is configured, else the framework's own."""
         images = self.options.images
-        return images.get(f"{framework}:{version}") or images.get(framework)
+        return (images.get(f"{framework}:{version}") if version else None) or images.get(framework)
 
     def refusal(self, spec: run_pb2.RunSpec) -> tuple[str, str] | None:
         framework = spec.framework
-        if self.image_for(framework.name, framework.version) is None:
-            known = ", ".join(sorted(self.options.images)) or "none"
-            return (
-                f"no runner image is configured for framework {framework.name} {framework.version}".rstrip()
-                + f" (configured: {known})",
-                "FRAMEWORK_IMAGE_MISSING",
-            )
-        return None
+        if self.image_for(framework.name, framework.version) is not None:
+            return None
+        images = self.options.images
+        # Some version of the framework has an image: the version is what is wrong.
+        versioned = any(key.partition(":")[0] == framework.name for key in images)
+        field = "framework.version" if versioned else "framework.name"
+        known = ", ".join(sorted(images)) or "none"
+        wanted = f"{framework.name} {framework.version}".rstrip()
+        return (
+            f"{field}: no runner image is configured for framework {wanted} (configured: {known})",
+            "FRAMEWORK_IMAGE_MISSING",
+        )
 
     def job_dir(self, run: str, attempt: int) -> Path:
         return Path(JOB_DIR)  # an emptyDir of the pod
@@ -197,10 +227,15 @@ class KubernetesBackend:
         ready = {name for name, obj in self._node_objects.items() if node_ready(obj)}
         lost = (self._ready_nodes | self._lost_nodes) - ready
         self._ready_nodes = ready
-        if lost - self._lost_nodes:
-            names = ", ".join(sorted(lost - self._lost_nodes))
+        newly_lost = lost - self._lost_nodes
+        if newly_lost:
+            names = ", ".join(sorted(newly_lost))
             log.warning("node(s) %s NotReady or gone: the attempts running there end", names)
         self._lost_nodes = lost
+        if newly_lost:
+            self._delete_secrets_of_ended(
+                [p for p in self._pods.values() if (p.get("spec") or {}).get("nodeName") in newly_lost]
+            )
         if before != self._nodes:
             if self._on_nodes is not None:
                 self._on_nodes([n for n, _ in self._nodes.values()])
@@ -238,14 +273,47 @@ class KubernetesBackend:
     def _apply_pods(self, objects: list[dict[str, Any]] | None, event: dict[str, Any] | None) -> None:
         if objects is not None:
             self._pods = {p["metadata"]["name"]: p for p in objects}
+            self._secrets_gone &= {p["metadata"].get("uid") for p in objects}
+            self._delete_secrets_of_ended(objects)
         elif event is not None:
             obj = event["object"]
             name = obj["metadata"]["name"]
             if event["type"] == "DELETED":
                 self._pods.pop(name, None)
+                self._secrets_gone.discard(obj["metadata"].get("uid"))  # its Secret went with it (owner)
             else:
                 self._pods[name] = obj
+                self._delete_secrets_of_ended([obj])
         self._notify()
+
+    def _delete_secrets_of_ended(self, pods: Sequence[Mapping[str, Any]]) -> None:
+        """Deletes the Secret of each pod that has ended; the pod stays (its log is the run's log).
+
+        The runner reads runner.json once, as it starts, and each pod mounts a Secret of its own:
+        once its pod has ended (or its node was lost), nothing needs a Secret any more, and the run
+        token and the grant's keys it holds should not outlive the attempt. A restarted scheduler
+        sees every ended pod again and makes sure (a Secret already gone answers 404).
+        """
+        ended = [p for p in pods if self._pod_ended(p) and p["metadata"].get("uid") not in self._secrets_gone]
+        if not ended or self._loop is None:
+            return
+        for pod in ended:
+            self._secrets_gone.add(pod["metadata"].get("uid"))
+        self._spawn(self._delete_secrets([secret_of(p) for p in ended]))
+
+    async def _delete_secrets(self, names: Sequence[str]) -> None:
+        if self._secret_deletes is None:
+            self._secret_deletes = asyncio.Semaphore(_SECRET_DELETES)
+
+        async def delete(name: str) -> None:
+            assert self._secret_deletes is not None
+            async with self._secret_deletes:
+                try:
+                    await asyncio.to_thread(self._delete_secret, name)
+                except Exception as exc:  # noqa: BLE001 - the others still go; the pod's deletion takes it later
+                    log.warning("could not delete Secret %s: %s", name, exc)
+
+        await asyncio.gather(*(delete(name) for name in names))
 
     def _remember(self, pod: dict[str, Any]) -> None:
         current = self._pods.get(pod["metadata"]["name"])
@@ -321,7 +389,12 @@ class KubernetesBackend:
         return None  # state.json lives in the pod; the runner's reports are the record
 
     async def start(self, launch: RunnerConfig, allocations: Sequence[Allocation], spec: run_pb2.RunSpec) -> None:
-        """Creates every learner's pod and Secret, then binds them all; or none of it."""
+        """Creates every learner's pod and Secret, then binds them all at once; or none of it.
+
+        Kubernetes has no binding of several pods in one call: the bindings are sent concurrently,
+        and if any fails, every pod and Secret of the attempt is deleted (grace 0). A learner
+        bound meanwhile may have started; it is killed with its pod, and its reports, made with
+        the attempt's token, are refused once the run is queued again."""
         self._bind_loop()
         await self._delete_attempt(launch.run, launch.attempt, grace_s=0)  # leftovers of a start cut short
         learners = len(allocations)
@@ -330,57 +403,66 @@ class KubernetesBackend:
             raise KubernetesError(f"no runner image for framework {spec.framework.name} {spec.framework.version}")
         namespace = self.options.namespace
         products = {name: product for name, (_, product) in self._nodes.items()}
-        created: list[dict[str, Any]] = []
+        gang = [
+            Learner(index, allocation.node, products.get(allocation.node, ""), len(allocation.gpu_indices))
+            for index, allocation in enumerate(allocations)
+        ]
+
+        async def create(learner: Learner) -> dict[str, Any]:
+            manifest = pod_manifest(
+                namespace=namespace,
+                run=launch.run,
+                run_id=launch.run_id,
+                attempt=launch.attempt,
+                learner=learner,
+                learners=learners,
+                image=image,
+                scheduler_name=self.options.scheduler_name,
+                cpus=spec.resources.cpus,
+                memory_mib=spec.resources.memory_mib,
+                grace_s=self.options.termination_grace_s,
+            )
+            pod = await asyncio.to_thread(self._create, "pods", manifest)
+            self._remember(pod)
+            environment = dict(launch.environment)
+            if learners > 1:
+                environment.update(
+                    rendezvous_environment(launch.run_id, launch.attempt, namespace, learners, learner.index)
+                )
+            config = dataclasses.replace(
+                launch,
+                learner_id=learner.index + 1,
+                gpu_indices=tuple(range(learner.gpus)),  # the device plugin shows a pod its GPUs as 0..n-1
+                environment=environment,
+                python_bin_dir="",
+            )
+            await asyncio.to_thread(self._create, "secrets", secret_manifest(pod, config.to_dict()))
+            return pod
+
         try:
-            for index, allocation in enumerate(allocations):
-                learner = Learner(
-                    index, allocation.node, products.get(allocation.node, ""), len(allocation.gpu_indices)
-                )
-                manifest = pod_manifest(
-                    namespace=namespace,
-                    run=launch.run,
-                    run_id=launch.run_id,
-                    attempt=launch.attempt,
-                    learner=learner,
-                    learners=learners,
-                    image=image,
-                    scheduler_name=self.options.scheduler_name,
-                    cpus=spec.resources.cpus,
-                    memory_mib=spec.resources.memory_mib,
-                    grace_s=self.options.termination_grace_s,
-                )
-                pod = await asyncio.to_thread(self._create, "pods", manifest)
-                created.append(pod)
-                self._remember(pod)
-                environment = dict(launch.environment)
-                if learners > 1:
-                    environment.update(
-                        rendezvous_environment(launch.run_id, launch.attempt, namespace, learners, index)
-                    )
-                config = dataclasses.replace(
-                    launch,
-                    learner_id=index + 1,
-                    gpu_indices=tuple(range(learner.gpus)),  # the device plugin shows a pod its GPUs as 0..n-1
-                    environment=environment,
-                    python_bin_dir="",
-                )
-                await asyncio.to_thread(self._create, "secrets", secret_manifest(pod, config.to_dict()))
+            pods = await _all_or_raise([create(learner) for learner in gang])
             # Bound last and together: a pod is bound only once every learner's pod and Secret exist.
-            for pod, allocation in zip(created, allocations, strict=True):
-                await asyncio.to_thread(self._bind, pod, allocation.node)
+            await _all_or_raise(
+                [asyncio.to_thread(self._bind, pod, learner.node) for pod, learner in zip(pods, gang, strict=True)]
+            )
         except Exception:
-            await self._delete_attempt(launch.run, launch.attempt, grace_s=0)
+            # By name, not from the watch's view: a pod whose creation timed out may exist unseen.
+            names = [pod_name(launch.run_id, launch.attempt, learner.index) for learner in gang]
+            await asyncio.gather(*(self._delete_pod_quietly(name, 0) for name in names))
+            await self._delete_secrets(names)  # the garbage collector would too, later
             raise
+
+    async def _delete_pod_quietly(self, name: str, grace_s: int | None) -> None:
+        try:
+            await asyncio.to_thread(self._delete_pod, name, grace_s)
+        except Exception as exc:  # noqa: BLE001 - one pod's failure must not keep the others
+            log.warning("could not delete pod %s: %s", name, exc)
 
     async def _delete_attempt(self, run: str, attempt: int, *, grace_s: int | None, running_only: bool = False) -> None:
         for pod in self._attempt_pods(run, attempt):
             if running_only and self._pod_ended(pod):
                 continue
-            name = pod["metadata"]["name"]
-            try:
-                await asyncio.to_thread(self._delete_pod, name, grace_s)
-            except Exception as exc:  # noqa: BLE001 - one pod's failure must not keep the others
-                log.warning("could not delete pod %s: %s", name, exc)
+            await self._delete_pod_quietly(pod["metadata"]["name"], grace_s)
 
     # ---- logs ------------------------------------------------------------------------------
 
@@ -450,6 +532,17 @@ class KubernetesBackend:
             _request_timeout=(5, 30),
         )
         log.info("bound pod %s to node %s", name, node)
+
+    def _delete_secret(self, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.api.delete_namespaced_secret(
+                name, self.options.namespace, _preload_content=False, _request_timeout=(5, 30)
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _delete_pod(self, name: str, grace_s: int | None) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -3,9 +3,10 @@
 Per learner a pod, bound by our scheduler (`schedulerName`), with `nvidia.com/gpu` requests equal
 to limits, a node selector on the node's GPU product, the framework's image, the runner as its
 entrypoint and no privileges; its runner.json (the run's token and grant) in a Secret the pod
-owns. Learner pods are under one headless Service of the runs' namespace (deployed with the
-platform, not made per run, so that the scheduler needs no rights on Services): each pod of a gang
-has a stable DNS name, and learners reach the first one (torchrun's rendezvous) by it.
+owns, deleted once the pod has ended. Learner pods are under one headless Service of the runs'
+namespace (deployed with the platform, not made per run, so that the scheduler needs no rights on
+Services): each pod of a gang has a stable DNS name, and learners reach the first one (torchrun's
+rendezvous) by it.
 """
 
 from __future__ import annotations
@@ -191,7 +192,9 @@ def owner_reference(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def secret_manifest(pod: Mapping[str, Any], runner_json: Mapping[str, Any]) -> dict[str, Any]:
-    """The learner's runner.json, owned by its pod: deleting the pod deletes the token and the grant's keys."""
+    """The learner's runner.json, owned by its pod: deleting the pod deletes the token and the grant's keys.
+
+    The scheduler also deletes it as soon as the pod has ended (the pod stays, for its log)."""
     metadata = pod["metadata"]
     return {
         "apiVersion": "v1",
