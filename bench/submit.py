@@ -23,8 +23,8 @@ import grpc
 from dlaas import platform
 from dlaas.config import config_path, read_config
 from dlaas.credentials import aio_interceptors, bearer
-from dlaas.procs import cpu_seconds
 from dlaas.gateway.v1 import cluster_pb2, cluster_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from dlaas.procs import cpu_seconds
 from dlaas.types.v1 import run_pb2
 
 MANIFEST = """\
