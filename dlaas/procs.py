@@ -28,16 +28,24 @@ def _stat(pid: int | str) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def live_process_groups() -> set[int]:
-    """Process groups with at least one process that runs (zombies do not count), from /proc."""
-    groups = set()
+def _processes() -> list[tuple[int, list[str]]]:
+    """Every process's pid and stat fields (see `_stat`), from /proc."""
+    found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = _stat(entry.name)
-                if fields[0] not in _GONE:
-                    groups.add(int(fields[2]))
-    return groups
+                found.append((int(entry.name), _stat(entry.name)))
+    return found
+
+
+def live_process_groups() -> set[int]:
+    """Process groups with at least one process that runs (zombies do not count), from /proc."""
+    return {int(fields[2]) for _, fields in _processes() if fields[0] not in _GONE}
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """The pids of process group `pgid`'s members that run."""
+    return [pid for pid, fields in _processes() if fields[0] not in _GONE and int(fields[2]) == pgid]
 
 
 def cpu_seconds(pid: int) -> float:

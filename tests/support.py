@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +29,7 @@ from dlaas.credentials import aio_interceptors, bearer
 from dlaas.gateway.v1 import accounts_pb2, accounts_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from dlaas.intervals import attempt_intervals
 from dlaas.platform import healthy
-from dlaas.procs import alive
+from dlaas.procs import alive, process_group_members
 from dlaas.types.v1 import run_pb2
 from services.api_gateway.app import build_server as build_gateway
 from services.api_gateway.domain.keys import new_key
@@ -96,6 +98,27 @@ class Platform:
             await channel.close()
         for service in (self.gateway, self.scheduler, self.storage, self.metering):
             await service.stop(0)
+        end_runners(self.jobs_dir)
+
+
+def end_runners(jobs_dir: Path) -> None:
+    """Runners outlive their scheduler by design (a restarted one adopts them), and one that has not
+    yet delivered its last report keeps trying; a test's platform is gone for good: end every runner
+    it started, and its command's process group. Only processes working in the run's job directory
+    are touched (a finished runner's pid may be another process's by now)."""
+    for pid_file in jobs_dir.rglob("runner.pid"):
+        job = pid_file.parent
+        pids: list[int] = []
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int(pid_file.read_text()))
+        with contextlib.suppress(OSError, ValueError):
+            pgid = json.loads((job / "state.json").read_text()).get("command_pgid")
+            if pgid:
+                pids.extend(process_group_members(int(pgid)))
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                if Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(job):
+                    os.kill(pid, signal.SIGKILL)
 
 
 async def settle_tasks(timeout: float = 10) -> None:
