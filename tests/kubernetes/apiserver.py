@@ -188,7 +188,9 @@ class ApiServer:
         """Forgets the history so far: a watch resuming from an older version gets 410 Gone."""
 
         async def compact() -> None:
-            self._compacted = self._current()
+            # Past every version handed out: each open watch is expired, even one that has seen
+            # every event (else whether a watch is told 410 depends on when it last read).
+            self._compacted = next(self._version)
             self._events.clear()
             assert self._changed is not None
             async with self._changed:
