@@ -38,21 +38,57 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# What an error may carry: its status travels in the response's trailing metadata, which gRPC
+# refuses beyond 8 KiB (the caller would see RESOURCE_EXHAUSTED instead of the error). Messages are
+# percent-encoded there (up to 9 bytes a character); the details are base64 (4/3).
+MAX_MESSAGE_CHARS = 300
+MAX_FIELD_CHARS = 200
+MAX_DESCRIPTION_CHARS = 300
+MAX_VIOLATIONS_BYTES = 3000
+
+
+def _text(value: str, limit: int) -> str:
+    """At most `limit` characters of valid UTF-8: lone surrogates (from JSON's "\\ud800") escaped."""
+    if len(value) > limit:
+        value = value[: limit - 1] + "…"
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _violations(error: InvalidArgument) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    shown: list[error_details_pb2.BadRequest.FieldViolation] = []
+    size = 0
+    for index, v in enumerate(error.violations):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=_text(v.field, MAX_FIELD_CHARS), description=_text(v.description, MAX_DESCRIPTION_CHARS)
+        )
+        size += violation.ByteSize()
+        if size > MAX_VIOLATIONS_BYTES:
+            left = len(error.violations) - index
+            shown.append(
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=violation.field, description=f"and {left} more problem(s) not shown; fix these first"
+                )
+            )
+            break
+        shown.append(violation)
+    return shown
+
+
 def to_status(error: DomainError) -> grpc.Status:
-    """A domain error as google.rpc.Status with ErrorInfo and, for bad input, BadRequest."""
+    """A domain error as google.rpc.Status with ErrorInfo and, for bad input, BadRequest; bounded
+    in size and valid UTF-8 whatever the input it describes."""
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=error.reason,
+            domain=ERROR_DOMAIN,
+            metadata={k: _text(v, MAX_FIELD_CHARS) for k, v in error.metadata.items()},
+        )
+    )
     details = [info]
     if isinstance(error, InvalidArgument) and error.violations:
         bad = any_pb2.Any()
-        bad.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in error.violations
-                ]
-            )
-        )
+        bad.Pack(error_details_pb2.BadRequest(field_violations=_violations(error)))
         details.append(bad)
     if isinstance(error, ResourceExhausted) and error.retry_delay_s is not None:
         retry = any_pb2.Any()
@@ -61,7 +97,8 @@ def to_status(error: DomainError) -> grpc.Status:
         retry.Pack(delay)
         details.append(retry)
     code = error.code.value[0]
-    status: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details))
+    message = _text(error.message, MAX_MESSAGE_CHARS)
+    status: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
     return status
 
 

@@ -1,6 +1,7 @@
 """Mutual TLS between the services: a whole run goes through with every internal hop on TLS with
-client certificates; a client without a certificate of the platform's CA gets nowhere, even with
-the service token; runners report on the scheduler's plaintext port with their run token."""
+client certificates; a client without a valid certificate of the platform's CA (none, another CA's,
+an expired one) gets nowhere, even with the service token; runners report on the scheduler's
+plaintext port with their run token."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
 from dlaas.metering.v1 import metering_pb2, metering_pb2_grpc
@@ -17,7 +19,7 @@ from services.common.clients import open_channel
 from services.common.settings import ServiceCredentials, TlsFiles
 from tests.conftest import DatabaseFactory
 from tests.support import SERVICE_TOKEN, free_port, manifest, service_channel, start_platform, submit, wait_for
-from tests.tls import make_ca_and_cert
+from tests.tls import Authority
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +27,8 @@ pytestmark = pytest.mark.e2e
 async def test_a_run_completes_with_mutual_tls_between_services_and_strangers_are_refused(
     sqlite_databases: DatabaseFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    files = make_ca_and_cert(tmp_path / "tls")
+    platform_ca = Authority.new()
+    files = platform_ca.issue(tmp_path / "tls")
     monkeypatch.setenv("DLAAS_TLS_CERT_FILE", str(files["cert"]))
     monkeypatch.setenv("DLAAS_TLS_KEY_FILE", str(files["key"]))
     monkeypatch.setenv("DLAAS_TLS_CA_FILE", str(files["ca"]))
@@ -62,10 +65,30 @@ async def test_a_run_completes_with_mutual_tls_between_services_and_strangers_ar
                     scheduler_pb2.ListRunsRequest(parent="accounts/default"), timeout=5
                 )
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        anonymous = grpc.ssl_channel_credentials(root_certificates=files["ca"].read_bytes())
-        async with grpc.aio.secure_channel(platform.metering.address, anonymous) as no_certificate:
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await metering_pb2_grpc.MeteringServiceStub(no_certificate).ListUsageRecords(request, timeout=5)
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # TLS that trusts the platform's CA, showing no client certificate, one of another CA, or
+        # an expired one of the platform's CA: the handshake fails.
+        strangers = {
+            "another CA's": Authority.new("another CA").issue(tmp_path / "stranger"),
+            "an expired": platform_ca.issue(tmp_path / "expired", expired=True),
+        }
+        strangers["the platform's"] = files  # the control: the same call with a good certificate goes through
+        clients = {"no": grpc.ssl_channel_credentials(root_certificates=files["ca"].read_bytes())} | {
+            what: grpc.ssl_channel_credentials(
+                root_certificates=files["ca"].read_bytes(),
+                private_key=stranger["key"].read_bytes(),
+                certificate_chain=stranger["cert"].read_bytes(),
+            )
+            for what, stranger in strangers.items()
+        }
+        for what, client in clients.items():
+            for address in (platform.metering.address, platform.scheduler.address, platform.storage.address):
+                async with grpc.aio.secure_channel(address, client) as channel:
+                    check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    if what == "the platform's":
+                        assert (await check).status == health_pb2.HealthCheckResponse.SERVING
+                        continue
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await check
+                    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, (what, address, refused.value)
     finally:
         await platform.stop()

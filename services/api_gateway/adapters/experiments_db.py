@@ -1,4 +1,9 @@
-"""The gateway's experiment, trial and metric tables (same metadata and Alembic history as db.py)."""
+"""The gateway's experiment, trial and metric tables (same metadata and Alembic history as db.py).
+
+Every read and write of an experiment or its trials names the account in its query: experiments by
+their `account` column, trials through their experiment's row (`_owned_by`). Metric points are
+keyed by the run's full name, `accounts/{account}/runs/{run}`, which holds the account.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    exists,
     func,
     insert,
     or_,
@@ -227,9 +233,10 @@ class ExperimentRepository:
             ).first()
         return _experiment(row) if row else None
 
-    async def get(self, name: str) -> ExperimentRow | None:
+    async def get(self, account: str, name: str) -> ExperimentRow | None:
+        query = select(experiments).where(experiments.c.account == account, experiments.c.name == name)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(experiments).where(experiments.c.name == name))).first()
+            row = (await conn.execute(query)).first()
         return _experiment(row) if row else None
 
     async def list_for_account(self, account: str, offset: int, limit: int) -> tuple[list[ExperimentRow], int]:
@@ -249,42 +256,59 @@ class ExperimentRepository:
         return [_experiment(r) for r in rows], int(total)
 
     async def in_state(self, state: int) -> list[ExperimentRow]:
+        """Every account's experiments in `state`: for the controller, which acts on each as its account."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(experiments).where(experiments.c.state == state))
         return [_experiment(r) for r in rows]
 
-    async def update(self, name: str, **values: Any) -> None:
+    async def update(self, account: str, name: str, **values: Any) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(update(experiments).where(experiments.c.name == name).values(**values))
+            await conn.execute(
+                update(experiments).where(experiments.c.account == account, experiments.c.name == name).values(**values)
+            )
 
-    async def trials(self, experiment: str) -> list[TrialRow]:
+    async def trials(self, account: str, experiment: str) -> list[TrialRow]:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(trials).where(trials.c.experiment == experiment).order_by(trials.c.trial))
+            rows = await conn.execute(
+                select(trials).where(trials.c.experiment == experiment, _owned_by(account)).order_by(trials.c.trial)
+            )
         return [_trial(r) for r in rows]
 
-    async def trial_counts(self, names: Sequence[str]) -> dict[str, int]:
+    async def trial_counts(self, account: str, names: Sequence[str]) -> dict[str, int]:
         if not names:
             return {}
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(trials.c.experiment, func.count())
-                .where(trials.c.experiment.in_(list(names)))
+                .where(trials.c.experiment.in_(list(names)), _owned_by(account))
                 .group_by(trials.c.experiment)
             )
         return {r[0]: int(r[1]) for r in rows}
 
-    async def add_trial(self, trial: TrialRow) -> None:
+    async def add_trial(self, account: str, trial: TrialRow) -> bool:
+        """Stores a trial of the account's experiment; False (nothing stored) when it is not the account's."""
         async with self.engine.begin() as conn:
+            owner = select(experiments.c.name).where(
+                experiments.c.account == account, experiments.c.name == trial.experiment
+            )
+            if (await conn.execute(owner)).first() is None:
+                return False
             await conn.execute(insert(trials).values(**trial.values()))
+        return True
 
-    async def save_trial(self, trial: TrialRow) -> None:
+    async def save_trial(self, account: str, trial: TrialRow) -> None:
         values = trial.values()
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(trials)
-                .where(trials.c.experiment == trial.experiment, trials.c.trial == trial.trial)
+                .where(trials.c.experiment == trial.experiment, trials.c.trial == trial.trial, _owned_by(account))
                 .values(**values)
             )
+
+
+def _owned_by(account: str) -> Any:
+    """Trials rows hold their experiment's name; this ties them to the experiment's account in the query."""
+    return exists().where(experiments.c.name == trials.c.experiment, experiments.c.account == account)
 
 
 class MetricRepository:

@@ -35,6 +35,7 @@ from services.api_gateway.adapters.experiments_db import (
 )
 from services.api_gateway.domain import experiments as domain
 from services.api_gateway.domain import search
+from services.api_gateway.domain.archive import check_code_archive
 from services.api_gateway.runtime.gateway import REFUSALS, Gateway
 from services.common import names, pagination
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -120,8 +121,8 @@ class Experiments:
         spec, config = self.parse(manifest)
         if len(request_id) > 200:
             raise InvalidArgument.field("request_id", "must be at most 200 characters")
-        if len(code_archive) > self.gateway.settings.max_code_archive_bytes:
-            raise InvalidArgument.field("code_archive", "is too large")
+        settings = self.gateway.settings
+        check_code_archive(code_archive, settings.max_code_archive_bytes, settings.max_code_archive_files)
         if request_id:
             earlier = await self.repo.by_request(account, request_id)
             if earlier is not None:
@@ -164,11 +165,12 @@ class Experiments:
         return row
 
     async def get(self, name: str) -> tuple[ExperimentRow, list[TrialView]]:
-        experiment = await self.repo.get(name)
+        account = _account_of(name)
+        experiment = await self.repo.get(account, name)
         if experiment is None:
             raise NotFound(f"experiment {name} not found")
         config = domain.config_from_json(experiment.config)
-        rows = await self.repo.trials(name)
+        rows = await self.repo.trials(account, name)
         now = now_ms()
         views: list[TrialView] = []
         for trial in rows:
@@ -199,15 +201,16 @@ class Experiments:
         size = pagination.page_size(page_size, default=50, maximum=1000)
         offset = pagination.decode_token(page_token, parent)
         rows, total = await self.repo.list_for_account(account, offset, size)
-        counts = await self.repo.trial_counts([r.name for r in rows])
+        counts = await self.repo.trial_counts(account, [r.name for r in rows])
         token = pagination.encode_token(offset + size, parent) if offset + size < total else ""
         return rows, counts, token
 
     async def extend(self, name: str, runs: int, request_id: str = "") -> ExperimentRow:
         if runs <= 0:
             raise InvalidArgument.field("runs", f"must be at least 1, got {runs}")
+        account = _account_of(name)
         async with self._lock:
-            experiment = await self.repo.get(name)
+            experiment = await self.repo.get(account, name)
             if experiment is None:
                 raise NotFound(f"experiment {name} not found")
             if request_id and experiment.extend_request_id == request_id:
@@ -225,6 +228,7 @@ class Experiments:
             if experiment.max_runs + runs > domain.MAX_RUNS_LIMIT:
                 raise InvalidArgument.field("runs", f"an experiment has at most {domain.MAX_RUNS_LIMIT} runs")
             await self.repo.update(
+                account,
                 name,
                 max_runs=experiment.max_runs + runs,
                 extensions=experiment.extensions + 1,
@@ -233,21 +237,22 @@ class Experiments:
                 message=f"extended by {runs} runs",
             )
         self.wake()
-        found = await self.repo.get(name)
+        found = await self.repo.get(account, name)
         assert found is not None
         return found
 
     async def cancel(self, name: str) -> ExperimentRow:
+        account = _account_of(name)
         async with self._lock:
-            experiment = await self.repo.get(name)
+            experiment = await self.repo.get(account, name)
             if experiment is None:
                 raise NotFound(f"experiment {name} not found")
             if experiment.state == RUNNING:
-                await self.repo.update(name, state=CANCELLED, message="cancelled by the user")
-                for trial in await self.repo.trials(name):
+                await self.repo.update(account, name, state=CANCELLED, message="cancelled by the user")
+                for trial in await self.repo.trials(account, name):
                     if trial.state not in TERMINAL_RUN:  # submitted or perhaps submitted: a lost answer
                         await self._cancel_run(trial.run, run_pb2.TERMINATION_REASON_USER)
-        found = await self.repo.get(name)
+        found = await self.repo.get(account, name)
         assert found is not None
         return found
 
@@ -276,7 +281,7 @@ class Experiments:
         watched: set[str] = set()
         for experiment in await self.repo.in_state(RUNNING):
             async with self._lock:
-                current = await self.repo.get(experiment.name)
+                current = await self.repo.get(experiment.account, experiment.name)
                 if current is None or current.state != RUNNING:
                     continue
                 try:
@@ -287,15 +292,16 @@ class Experiments:
 
     async def _advance(self, experiment: ExperimentRow) -> set[str]:
         config = replace(domain.config_from_json(experiment.config), max_runs=experiment.max_runs)
-        trials = await self.repo.trials(experiment.name)
+        account = experiment.account
+        trials = await self.repo.trials(account, experiment.name)
         now = now_ms()
         for trial in trials:
             # An ended trial is read a little longer: its last points may still be on their way.
             if trial.submitted and (
                 trial.state not in TERMINAL_RUN or (trial.ended_ms is not None and now - trial.ended_ms < _SETTLE_MS)
             ):
-                await self._refresh(trial, config, now)
-        await self._stop_losers(config, trials)
+                await self._refresh(account, trial, config, now)
+        await self._stop_losers(account, config, trials)
         await self._name_best(experiment, config, trials)  # before a completion, which readers take as final
         if experiment.state == RUNNING:
             failed = [t for t in trials if t.state == run_pb2.RUN_STATE_FAILED]
@@ -307,7 +313,7 @@ class Experiments:
             await self._fill(experiment, config, trials, now)
         return {t.run for t in trials if t.state not in TERMINAL_RUN}
 
-    async def _refresh(self, trial: TrialRow, config: domain.ExperimentConfig, now: int) -> None:
+    async def _refresh(self, account: str, trial: TrialRow, config: domain.ExperimentConfig, now: int) -> None:
         """The trial's run state and metrics, as now known."""
         run = await self.gateway.get_run(trial.run)
         status = run.status
@@ -339,9 +345,9 @@ class Experiments:
             if trial.ended_ms is not None and now - trial.ended_ms >= _SETTLE_MS:
                 self._seen.pop(trial.run, None)
         if changed:
-            await self.repo.save_trial(trial)
+            await self.repo.save_trial(account, trial)
 
-    async def _stop_losers(self, config: domain.ExperimentConfig, trials: list[TrialRow]) -> None:
+    async def _stop_losers(self, account: str, config: domain.ExperimentConfig, trials: list[TrialRow]) -> None:
         if config.method != "asha":
             return
         for trial in trials:
@@ -357,7 +363,7 @@ class Experiments:
                 if not config.asha.continues(config.goal, recorded, value):
                     stop_at = rung
                     break
-                await self.repo.save_trial(trial)
+                await self.repo.save_trial(account, trial)
             if stop_at is None:  # it went on from every rung it passed: is it still in each one's top?
                 for rung in sorted(trial.rungs):
                     recorded = [t.rungs[rung] for t in trials if rung in t.rungs]
@@ -366,7 +372,7 @@ class Experiments:
                         break
             if stop_at is not None:
                 trial.stop_requested = True
-                await self.repo.save_trial(trial)
+                await self.repo.save_trial(account, trial)
                 log.info(
                     "%s stopped early at its step-%d rung (%s=%g)",
                     trial.run,
@@ -413,7 +419,8 @@ class Experiments:
             else:
                 break
             trial.state = run_pb2.RUN_STATE_QUEUED
-            await self.repo.add_trial(trial)
+            if not await self.repo.add_trial(experiment.account, trial):
+                break  # the experiment is not (or no longer) there for its account
             trials.append(trial)
             live += 1
             await self._submit(experiment, trial)
@@ -427,7 +434,7 @@ class Experiments:
                 run_id = winner.run.rsplit("/", 1)[-1]
                 message = f"{len(trials)} trials ended; best {run_id}: {config.metric} {winner.objective:g}"
             experiment.state, experiment.message = COMPLETED, message
-            await self.repo.update(experiment.name, state=COMPLETED, message=message)
+            await self.repo.update(experiment.account, experiment.name, state=COMPLETED, message=message)
 
     async def _submit(self, experiment: ExperimentRow, trial: TrialRow) -> None:
         template = run_pb2.RunSpec.FromString(experiment.spec)
@@ -455,15 +462,15 @@ class Experiments:
             if exc.code() in REFUSALS:
                 trial.state, trial.failure_cause = run_pb2.RUN_STATE_FAILED, f"refused: {exc.details()}"
                 trial.submitted = True
-                await self.repo.save_trial(trial)
+                await self.repo.save_trial(experiment.account, trial)
                 return
             raise
         trial.submitted = True
-        await self.repo.save_trial(trial)
+        await self.repo.save_trial(experiment.account, trial)
 
     async def _fail(self, experiment: ExperimentRow, trials: list[TrialRow], message: str) -> None:
         experiment.state, experiment.message = FAILED, message
-        await self.repo.update(experiment.name, state=FAILED, message=message)
+        await self.repo.update(experiment.account, experiment.name, state=FAILED, message=message)
         for trial in trials:
             if trial.state not in TERMINAL_RUN:  # submitted or perhaps submitted: a lost answer
                 await self._cancel_run(trial.run, run_pb2.TERMINATION_REASON_USER)
@@ -477,7 +484,9 @@ class Experiments:
         winner = next(t for t in trials if t.trial == best)
         if winner.run != experiment.best_run or winner.objective != experiment.best_value:
             experiment.best_run, experiment.best_value = winner.run, winner.objective
-            await self.repo.update(experiment.name, best_run=winner.run, best_value=winner.objective)
+            await self.repo.update(
+                experiment.account, experiment.name, best_run=winner.run, best_value=winner.objective
+            )
 
     async def _cancel_run(self, run: str, reason: int) -> None:
         try:
@@ -488,6 +497,12 @@ class Experiments:
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:  # never submitted: nothing to cancel
                 log.warning("cancelling %s: %s", run, exc.code().name)
+
+
+def _account_of(name: str) -> str:
+    """The account of an experiment name that `Experiments.name` resolved for the caller: every query
+    of its rows names that account."""
+    return name.split("/")[1]
 
 
 def _run_name(experiment: ExperimentRow, index: int) -> str:

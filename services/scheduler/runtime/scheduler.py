@@ -329,11 +329,9 @@ class Scheduler:
                     break
                 await asyncio.sleep(0.01)
         async with self.engine.connect() as conn:
-            queued = await self.repo.in_states(conn, {QUEUED})
+            queued = await self.repo.in_states(conn, {QUEUED}, account=account)  # one account's, in the query
         entries = [
-            (run, self._waiting.get(run.name, Waiting(0, "waiting for the next decision round")))
-            for run in queued
-            if account is None or run.account == account
+            (run, self._waiting.get(run.name, Waiting(0, "waiting for the next decision round"))) for run in queued
         ]
         entries.sort(key=lambda e: (e[0].account, e[1].position or 1 << 30, e[0].created_ms))
         return entries
@@ -382,7 +380,7 @@ class Scheduler:
         """Applies a runner's report; returns whether the runner should stop."""
         async with self._lock:
             async with self.engine.begin() as conn:
-                run = await self.repo.get(conn, request.name)
+                run = await self.repo.get(conn, request.name, account=_account_of(request.name))
                 if run is None:
                     raise NotFound(f"run {request.name} not found")
                 if not run.run_token_hash or not hmac.compare_digest(
@@ -420,7 +418,7 @@ class Scheduler:
     async def relay_metrics(self, request: scheduler_pb2.ReportRunMetricsRequest) -> bool:
         """Passes a runner's metric points on to the relay; returns whether the runner should stop."""
         async with self.engine.connect() as conn:
-            run = await self.repo.get(conn, request.name)
+            run = await self.repo.get(conn, request.name, account=_account_of(request.name))
         if run is None:
             raise NotFound(f"run {request.name} not found")
         if not run.run_token_hash or not hmac.compare_digest(run.run_token_hash, _hash_token(request.run_token)):
