@@ -27,11 +27,14 @@ CONNECTION = click.option(
 
 @contextmanager
 def progress_bar(label: str, total: int | None) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
-    """A rich progress bar on a terminal (bytes, rate, ETA); (advance, set_total) callbacks."""
+    """A rich progress bar when stderr is a terminal (bytes, rate, time left); (advance, set_total)."""
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=not sys.stderr.isatty(), disable=not sys.stderr.isatty()) as progress:
+    # On stderr, so that stdout keeps only the result (`dlaas data upload … > log` still shows progress).
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task(label, total=total)
         yield (lambda n: progress.advance(task, n)), (lambda n: progress.update(task, total=n))
 

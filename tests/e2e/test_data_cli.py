@@ -6,9 +6,13 @@ The CLI never holds the connection's keys: it gets a grant scoped to the locatio
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import re
 import stat
+import sys
 import tarfile
 import textwrap
 import uuid
@@ -79,6 +83,36 @@ async def test_data_rm_on_the_platform_store_and_an_unknown_connection(platform:
     assert removed == (0, "deleted 2 object(s) under bucket1/set/x\n")
     assert json.loads(listed[1]) == {} or json.loads(listed[1]).get("objects", []) == []
     assert unknown[0] == 1 and "connection nope is not registered" in unknown[1]
+
+
+@pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+async def test_upload_on_a_terminal_shows_its_progress_with_rate_and_time_left(
+    platform: Platform, tmp_path: Path
+) -> None:
+    local = _tree(tmp_path / "up", {f"part-{i}.bin": os.urandom(8 << 20) for i in range(6)})
+    controller, terminal = os.openpty()  # the CLI's stderr is a terminal: it draws the bar there
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "dlaas"),
+            *("data", "upload", str(local), "bucket1/progress"),
+            env={**os.environ, "DLAAS_ENDPOINT": platform.gateway.address, "DLAAS_API_KEY": platform.key},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=terminal,
+        )
+        out, _ = await process.communicate()
+        os.close(terminal)
+        drawn = b""
+        with contextlib.suppress(OSError):  # EIO once everything written has been read
+            while chunk := os.read(controller, 1 << 16):
+                drawn += chunk
+    finally:
+        os.close(controller)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
+
+    assert process.returncode == 0 and "6 file(s), 50331648 bytes" in out.decode(), out
+    assert "50.3/50.3 MB" in screen, screen  # bytes done of the total
+    assert re.search(r"\d+(\.\d+)? [kMG]?B/s", screen), screen  # the rate
+    assert re.search(r"\d+:\d\d:\d\d", screen), screen  # the time left
 
 
 @pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
