@@ -20,7 +20,9 @@ from dlaas.gateway.v1 import gateway_pb2
 from dlaas.runner.config import ConfigError, RunnerConfig
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
 from dlaas.types.v1 import run_pb2
-from tests.support import Platform, manifest, pack, service_channel, submit, wait_for
+from tests.support import Platform, manifest, pack, service_channel, submit, transition_ms, wait_for
+
+ASSIGNED = run_pb2.RUN_STATE_ASSIGNED
 
 pytestmark = pytest.mark.e2e
 
@@ -41,9 +43,11 @@ async def put_numbers(platform: Platform) -> None:
     Path(grant.local.path, "numbers.txt").write_text("1 2 3 4")
 
 
-async def start_held(platform: Platform, script: str) -> tuple[gateway_pb2.Run, Path, RunnerConfig]:
+async def start_held(
+    platform: Platform, script: str, max_runtime: str = ""
+) -> tuple[gateway_pb2.Run, Path, RunnerConfig]:
     """A run on the platform store, RUNNING and held; its job directory and its live runner.json."""
-    command = manifest("python train.py", gpus=0, data_bucket="numbers")
+    command = manifest("python train.py", gpus=0, data_bucket="numbers", max_runtime=max_runtime)
     run = await submit(platform.client, command, pack({"train.py": script}))
     running = await wait_for(platform.client, run.name, {run_pb2.RUN_STATE_RUNNING})
     assert running.status.state == run_pb2.RUN_STATE_RUNNING, list(running.status.log_tail)
@@ -137,3 +141,18 @@ async def test_a_revoked_grant_stops_the_runner_writing_results(platform: Platfo
     # The command wrote its result in the job directory; nothing reached the run's results prefix.
     assert (job / "results" / "total.txt").read_text() == "10"
     assert [p for p in config.results_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+async def test_a_runs_grant_lasts_its_max_runtime_plus_the_margin(platform: Platform) -> None:
+    await put_numbers(platform)
+    run, job, config = await start_held(platform, WAIT, max_runtime="5m")
+    async with service_channel(platform.storage.address) as channel:
+        storage = storage_pb2_grpc.StorageServiceStub(channel)
+        grant = await storage.RenewGrant(storage_pb2.RenewGrantRequest(name=config.grant, run_token=config.run_token))
+    assigned_ms = transition_ms(await platform.client.GetRun(gateway_pb2.GetRunRequest(name=run.name)), ASSIGNED)
+    (job / "release").touch()
+    await wait_for(platform.client, run.name)
+
+    lasts_s = (grant.expire_time.ToMilliseconds() - assigned_ms) / 1000
+    assert 5 * 60 + 600 - 5 <= lasts_s <= 5 * 60 + 600 + 5, lasts_s  # max_runtime + grant_margin_s (600)
