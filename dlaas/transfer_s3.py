@@ -7,21 +7,32 @@ as a parallel multipart upload.
 
 Integrity: an object's ETag is the MD5 of its bytes, or for a multipart upload the MD5 of its
 parts' MD5s followed by "-<parts>". Uploads use a fixed part size, so the ETag the store
-answers is checked against the one computed locally (and files whose ETag the store already
-holds are skipped); downloads recompute it from the bytes written. An object whose ETag was made
-with other part sizes is checked with the part sizes that give its part count, else against an
-`x-amz-meta-sha256` its uploader attached, when present.
+answers is checked against the one computed from the bytes sent (and files whose ETag the
+store already holds are skipped). Uploads also store the CRC32 of the whole content as object
+metadata (`x-amz-meta-dlaas-crc32`, 8 hex digits), and downloads check an object that carries
+it by that CRC32, read from the GET's own headers (no HEAD; presigned GETs carry it too):
+zlib's CRC32 costs about a tenth of an MD5 here. A CRC32 detects corruption, not tampering:
+who may write an object is the grant's business. An object without it (written by another
+client) is checked by its ETag, recomputed from the bytes written; one whose ETag was made
+with other part sizes is checked with the part sizes that give its part count, else against
+an `x-amz-meta-sha256` its uploader attached, when present.
 
 Resume: a download writes `<name>.dlaas-part` beside its destination and records finished
 chunks in `<name>.dlaas-part.done`; a later attempt (the same run's next attempt, or a rerun of
-`dlaas download`) fetches only the chunks missing.
+`dlaas download`) fetches only the chunks missing, and re-reads the others from disk to check
+the whole.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
+import json
 import os
+import re
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -31,12 +42,25 @@ from urllib.parse import urlsplit
 
 from dlaas.transfer import Placed, TransferError, TransferStats, safe_relpath, serialized, sha256_file
 
-__all__ = ["PART_SIZE", "S3Location", "download_prefix", "object_etag", "upload_file", "upload_tree"]
+__all__ = [
+    "CRC_METADATA",
+    "PART_SIZE",
+    "S3Location",
+    "crc32_combine",
+    "download_prefix",
+    "object_etag",
+    "upload_file",
+    "upload_tree",
+]
 
 PART_SIZE = 16 << 20
 DEFAULT_WORKERS = 8
 _READ = 1 << 20
 _PART_SUFFIX = ".dlaas-part"
+# The CRC32 (zlib's) of an object's whole content, 8 hex digits, stored by our uploads. The
+# storage service's POST policy allows this field (services/storage/adapters/s3_store.py).
+CRC_METADATA = "x-amz-meta-dlaas-crc32"
+_CRC_VALUE = re.compile(r"[0-9a-fA-F]{8}")
 
 
 @dataclass(frozen=True)
@@ -141,18 +165,23 @@ def client(location: S3Location, workers: int = DEFAULT_WORKERS, fresh: Fresh | 
 class _EtagDigest:
     """The ETag S3 gives an object uploaded in `part_size` parts, computed as bytes go by.
 
-    One MD5 pass: a single-part object's ETag is the MD5 of its one part.
+    One MD5 pass: a single-part object's ETag is the MD5 of its one part. With `crc`, also the
+    CRC32 of the whole (`crc`), as our uploads store it.
     """
 
-    def __init__(self, part_size: int = PART_SIZE):
+    def __init__(self, part_size: int = PART_SIZE, *, crc: bool = False):
         self._part_size = part_size
         self._part = hashlib.md5(usedforsecurity=False)
         self._in_part = 0
         self._parts: list[bytes] = []
+        self._with_crc = crc
         self.size = 0
+        self.crc = 0
 
     def update(self, data: bytes | memoryview) -> None:
         self.size += len(data)
+        if self._with_crc:
+            self.crc = zlib.crc32(data, self.crc)
         view = memoryview(data)
         while view:
             take = min(len(view), self._part_size - self._in_part)
@@ -182,8 +211,8 @@ def _part_sizes_for(size: int, parts: int) -> list[int]:
     return sorted({p for p in common if p > 0 and -(-size // p) == parts})
 
 
-def _digest_file(path: Path, part_size: int = PART_SIZE) -> _EtagDigest:
-    digest = _EtagDigest(part_size)
+def _digest_file(path: Path, part_size: int = PART_SIZE, *, crc: bool = False) -> _EtagDigest:
+    digest = _EtagDigest(part_size, crc=crc)
     buffer = bytearray(_READ)
     view = memoryview(buffer)
     with open(path, "rb") as stream:
@@ -192,9 +221,63 @@ def _digest_file(path: Path, part_size: int = PART_SIZE) -> _EtagDigest:
     return digest
 
 
+def _crc_of(stream: Any, length: int) -> int:
+    """The CRC32 of (up to) the next `length` bytes of `stream`."""
+    crc, seen = 0, 0
+    buffer = bytearray(_READ)
+    view = memoryview(buffer)
+    while seen < length and (count := stream.readinto(view[: min(_READ, length - seen)])):
+        crc = zlib.crc32(view[:count], crc)
+        seen += count
+    return crc
+
+
 def object_etag(path: Path) -> str:
     """The ETag an upload of `path` by this module gets."""
     return _digest_file(path).etag()
+
+
+# CRC-32 arithmetic (zlib's polynomial, reflected bit order) to join the CRCs of chunks fetched
+# apart: zlib offers crc32_combine in C but Python's zlib module does not expose it.
+_CRC_POLY = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a(x) * b(x) modulo the CRC-32 polynomial."""
+    product = 0
+    mask = 1 << 31
+    while mask:
+        if a & mask:
+            product ^= b
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+        mask >>= 1
+    return product
+
+
+def _powers_of_x() -> list[int]:
+    powers = [1 << 30]  # x^(2^0)
+    for _ in range(31):
+        powers.append(_multmodp(powers[-1], powers[-1]))
+    return powers
+
+
+_X_2N = _powers_of_x()  # x^(2^n) modulo the polynomial; periodic in n with period 32
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """The CRC32 of A + B from crc32(A), crc32(B) and len(B), as zlib's crc32_combine."""
+    shift = 1 << 31  # x^0
+    n, k = length2, 3  # x^(8 * length2): the bits of length2, from x^(2^3) up
+    while n:
+        if n & 1:
+            shift = _multmodp(_X_2N[k & 31], shift)
+        n >>= 1
+        k += 1
+    return _multmodp(shift, crc1) ^ crc2
+
+
+def _crc_text(crc: int) -> str:
+    return f"{crc:08x}"
 
 
 def _s3_failure(action: str, target: str, exc: Exception) -> TransferError:
@@ -371,30 +454,51 @@ def _download(
         folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="s3-get") as pool:
         tasks: list[Future[None]] = [pool.submit(_fetch_whole, source, remote, progress) for remote in small]
-        # Each chunk is one PART_SIZE part: its MD5, taken as it streams, spares re-reading the file.
-        part_md5s: dict[Path, dict[int, bytes]] = {remote.dest: {} for remote in large}
+        # Each chunk is one PART_SIZE part: its CRC32 (or MD5), taken as it streams, spares
+        # re-reading the file.
+        streamed = {remote.dest: _Streamed() for remote in large}
         for remote in large:
-            fetchers = _chunk_fetchers(source, remote, progress, part_md5s[remote.dest])
+            fetchers = _chunk_fetchers(source, remote, progress, streamed[remote.dest])
             tasks.extend(pool.submit(fetch) for fetch in fetchers)
         _run_all(pool, tasks)
-        finals = [pool.submit(_finish_download, source, remote, part_md5s[remote.dest]) for remote in large]
+        finals = [pool.submit(_finish_download, source, remote, streamed[remote.dest]) for remote in large]
         _run_all(pool, finals)
     for remote in pending:
         stats.add("copied", remote.size)
     return stats
 
 
+def _claimed_crc(response: Any) -> int | None:
+    """The CRC32 our uploader stored with an object, from a GET response's headers; None for an
+    object without it (written by another client)."""
+    value = response.headers.get(CRC_METADATA)
+    return int(value, 16) if value and _CRC_VALUE.fullmatch(value) else None
+
+
+def _crc_failure(bucket: str, key: str) -> TransferError:
+    return TransferError(f"verification failed for {bucket}/{key}: content does not match its CRC32 ({CRC_METADATA})")
+
+
 def _fetch_whole(source: _Source | _SignedSource, remote: _Remote, progress: Callable[[int], None]) -> None:
-    """A single-part object: one GET, checked in memory, written under a temporary name, renamed."""
-    # At most PART_SIZE bytes: its ETag as a single part is the plain MD5.
+    """A single-part object: one GET, checked in memory, written under a temporary name, renamed.
+
+    Checked by the CRC32 our uploader stored with it when the GET's headers carry one, else by
+    its ETag: at most PART_SIZE bytes, so the plain MD5 when it was uploaded in one part.
+    """
+    claimed: int | None = None
+    crc = 0
     digest = hashlib.md5(usedforsecurity=False)
     chunks: list[bytes] = []
     try:
         if remote.size:
             response = source.get(remote.key, 0, remote.size)
             try:
+                claimed = _claimed_crc(response)
                 for data in response.stream(_READ):
-                    digest.update(data)
+                    if claimed is None:
+                        digest.update(data)
+                    else:
+                        crc = zlib.crc32(data, crc)
                     chunks.append(data)
                     progress(len(data))
             finally:
@@ -404,14 +508,20 @@ def _fetch_whole(source: _Source | _SignedSource, remote: _Remote, progress: Cal
         raise
     except Exception as exc:
         raise _s3_failure("download", f"{source.bucket}/{remote.key}", exc) from exc
-    single = digest.hexdigest()
-    as_one_part = hashlib.md5(bytes.fromhex(single), usedforsecurity=False).hexdigest() + "-1"
+    if claimed is not None:
+        if crc != claimed or sum(map(len, chunks)) != remote.size:
+            raise _crc_failure(source.bucket, remote.key)
+        verified = True
+    else:
+        single = digest.hexdigest()
+        as_one_part = hashlib.md5(bytes.fromhex(single), usedforsecurity=False).hexdigest() + "-1"
+        verified = remote.etag in (single, as_one_part)
     temp = remote.dest.with_name(remote.dest.name + _PART_SUFFIX)
     try:
         with open(temp, "wb") as out:
             out.writelines(chunks)
         # Written in several smaller parts by another client: the slower checks, from the file.
-        if remote.etag not in (single, as_one_part) and not _matches(source, remote, temp):
+        if not verified and not _matches(source, remote, temp):
             raise TransferError(
                 f"verification failed for {source.bucket}/{remote.key}: content does not match its ETag"
             )
@@ -424,11 +534,25 @@ def _fetch_whole(source: _Source | _SignedSource, remote: _Remote, progress: Cal
         raise
 
 
+@dataclass
+class _Streamed:
+    """What the chunks of one large object fetched in this attempt saw as they streamed.
+
+    Per chunk its CRC32, or its MD5 when the response carried no CRC of ours (`crcs`, `md5s`),
+    and the CRCs the responses claimed (None: a response without one). More than one claim
+    means the object changed between the chunks' GETs.
+    """
+
+    crcs: dict[int, int] = field(default_factory=dict)
+    md5s: dict[int, bytes] = field(default_factory=dict)
+    claimed: set[int | None] = field(default_factory=set)
+
+
 def _chunk_fetchers(
     source: _Source | _SignedSource,
     remote: _Remote,
     progress: Callable[[int], None],
-    md5s: dict[int, bytes],
+    streamed: _Streamed,
 ) -> list[Callable[[], None]]:
     """One task per missing chunk of `remote`, writing into its partial file."""
     part = remote.dest.with_name(remote.dest.name + _PART_SUFFIX)
@@ -456,6 +580,8 @@ def _chunk_fetchers(
                 return
             try:
                 response = source.get(remote.key, offset, length)
+                claimed = _claimed_crc(response)
+                crc = 0
                 digest = hashlib.md5(usedforsecurity=False)
                 try:
                     fd = os.open(part, os.O_WRONLY)
@@ -463,7 +589,10 @@ def _chunk_fetchers(
                         position = offset
                         for data in response.stream(_READ):
                             os.pwrite(fd, data, position)
-                            digest.update(data)
+                            if claimed is None:
+                                digest.update(data)
+                            else:
+                                crc = zlib.crc32(data, crc)
                             position += len(data)
                             progress(len(data))
                     finally:
@@ -480,7 +609,11 @@ def _chunk_fetchers(
             if position - offset != length:
                 raise TransferError(f"{bucket}/{remote.key}: got {position - offset} bytes of {length} at {offset}")
             with lock, open(done_file, "a") as record:
-                md5s[index] = digest.digest()
+                streamed.claimed.add(claimed)
+                if claimed is None:
+                    streamed.md5s[index] = digest.digest()
+                else:
+                    streamed.crcs[index] = crc
                 record.write(f"{index}\n")
 
         return fetch
@@ -523,15 +656,56 @@ def _streamed_etag(part: Path, size: int, md5s: dict[int, bytes]) -> str:
     return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{count}"
 
 
-def _finish_download(source: _Source | _SignedSource, remote: _Remote, md5s: dict[int, bytes]) -> None:
+def _streamed_crc(part: Path, size: int, crcs: dict[int, int]) -> int:
+    """The CRC32 of the whole from the chunks' streamed CRCs (chunks resumed from disk re-read)."""
+    whole = 0
+    with open(part, "rb") as stream:
+        for index, offset in enumerate(range(0, size, PART_SIZE)):
+            length = min(PART_SIZE, size - offset)
+            if index not in crcs:
+                stream.seek(offset)
+                crcs[index] = _crc_of(stream, length)
+            whole = crc32_combine(whole, crcs[index], length)
+    return whole
+
+
+def _stored_crc(source: _Source | _SignedSource, remote: _Remote) -> int | None:
+    """The object's CRC32 metadata, from the headers of a one-byte GET (works with presigned GETs)."""
+    try:
+        response = source.get(remote.key, 0, 1)
+        try:
+            return _claimed_crc(response)
+        finally:
+            response.close()
+            response.release_conn()
+    except TransferError:
+        raise
+    except Exception as exc:
+        raise _s3_failure("read", f"{source.bucket}/{remote.key}", exc) from exc
+
+
+def _finish_download(source: _Source | _SignedSource, remote: _Remote, streamed: _Streamed) -> None:
     bucket = source.bucket
     part = remote.dest.with_name(remote.dest.name + _PART_SUFFIX)
     done_file = part.with_name(part.name + ".done")
-    verified = part.stat().st_size == remote.size and _streamed_etag(part, remote.size, md5s) == remote.etag
-    if not verified and not _matches(source, remote, part):
+    # Every chunk came from an earlier attempt: no GET of this one said what the object claims.
+    claimed = streamed.claimed or {_stored_crc(source, remote)}
+    whole_size = part.stat().st_size == remote.size
+    failure: TransferError | None = None
+    if len(claimed) > 1:
+        failure = TransferError(f"verification failed for {bucket}/{remote.key}: it changed while it was downloaded")
+    elif (crc := next(iter(claimed))) is not None:
+        # Ours: its CRC32 decides (the ETag's MD5 would only cost more).
+        if not (whole_size and _streamed_crc(part, remote.size, streamed.crcs) == crc):
+            failure = _crc_failure(bucket, remote.key)
+    elif not (whole_size and _streamed_etag(part, remote.size, streamed.md5s) == remote.etag) and not _matches(
+        source, remote, part
+    ):
+        failure = TransferError(f"verification failed for {bucket}/{remote.key}: content does not match its ETag")
+    if failure is not None:
         part.unlink(missing_ok=True)
         done_file.unlink(missing_ok=True)
-        raise TransferError(f"verification failed for {bucket}/{remote.key}: content does not match its ETag")
+        raise failure
     os.replace(part, remote.dest)
     done_file.unlink(missing_ok=True)
 
@@ -611,21 +785,46 @@ def _put(
     parallel: int,
     progress: Callable[[int], None],
 ) -> tuple[Placed, int]:
+    """One file, with its CRC32 as metadata; verified by the ETag the store answers."""
     try:
         size = path.stat().st_size
-        # Hashed first only when the store may already hold it; else as minio reads it.
-        if there is not None and there[0] == size and _digest_file(path).etag() == there[1]:
-            return "skipped", size
-        digest = _EtagDigest()
-        with open(path, "rb") as stream:
+        if size <= PART_SIZE:
+            # One part: read once, so the ETag and the CRC32 are of exactly the bytes sent.
+            data = path.read_bytes()
+            size = len(data)
+            digest = _EtagDigest(crc=True)
+            digest.update(data)
+            crc = digest.crc
+            if there == (size, digest.etag()):
+                return "skipped", size
             result = s3.put_object(
-                bucket,
-                key,
-                _Counting(stream, progress, digest),
-                size,
-                part_size=PART_SIZE,
-                num_parallel_uploads=max(1, parallel),
+                bucket, key, io.BytesIO(data), size, part_size=PART_SIZE, metadata={CRC_METADATA: _crc_text(crc)}
             )
+            progress(size)
+        else:
+            # The metadata goes with the request that starts the multipart upload, so a CRC32 pass
+            # first (its MD5s too only where the store may hold the file already); the MD5s the
+            # ETag needs are taken as minio reads the parts, beside the CRC32 again, which shows
+            # that the file did not change in between.
+            if there is not None and there[0] == size:
+                ahead = _digest_file(path, crc=True)
+                if ahead.etag() == there[1] and _stored_crc_agrees(s3, bucket, key, ahead.crc):
+                    return "skipped", size
+                crc = ahead.crc
+            else:
+                with open(path, "rb") as stream:
+                    crc = _crc_of(stream, size)
+            digest = _EtagDigest(crc=True)
+            with open(path, "rb") as stream:
+                result = s3.put_object(
+                    bucket,
+                    key,
+                    _Counting(stream, progress, digest),
+                    size,
+                    part_size=PART_SIZE,
+                    num_parallel_uploads=max(1, parallel),
+                    metadata={CRC_METADATA: _crc_text(crc)},
+                )
     except OSError as exc:
         raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except Exception as exc:
@@ -640,7 +839,21 @@ def _put(
     expected = digest.etag()
     if answered != expected or digest.size != size:
         raise TransferError(f"verification failed for {bucket}/{key}: the store holds ETag {answered}, not {expected}")
+    if digest.crc != crc:
+        # Stored with a CRC32 its content does not have: downloads refuse it; the next upload
+        # replaces it (_stored_crc_agrees).
+        raise TransferError(f"{path} changed while it was uploaded to {bucket}/{key}")
     return "copied", size
+
+
+def _stored_crc_agrees(s3: Any, bucket: str, key: str, crc: int) -> bool:
+    """Whether an object with the file's ETag holds no CRC32 of ours or this one (not a stale one
+    left by an upload during which the file changed)."""
+    try:
+        value = s3.stat_object(bucket, key).metadata.get(CRC_METADATA)
+    except Exception:  # noqa: BLE001 - unknown: upload again
+        return False
+    return not value or value.lower() == _crc_text(crc)
 
 
 def _post_pool(workers: int) -> Any:
@@ -678,9 +891,12 @@ def _post(http: Any, location: S3Location, path: Path, key: str, progress: Calla
         data = path.read_bytes()
     except OSError as exc:
         raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    digest = _EtagDigest()
+    digest = _EtagDigest(crc=True)
     digest.update(data)
-    fields: dict[str, Any] = {**dict(location.post_fields), "key": key, "file": (path.name, data)}
+    fields: dict[str, Any] = {**dict(location.post_fields), "key": key}
+    if _policy_names(location.post_fields, CRC_METADATA):
+        fields[CRC_METADATA] = _crc_text(digest.crc)
+    fields["file"] = (path.name, data)  # the last field: the store reads no field after the file
     response = http.request("POST", location.post_url, fields=fields, retries=3)
     if response.status not in (200, 201, 204):
         raise TransferError(f"cannot upload {location.bucket}/{key}: {response.status} {_error_code(response.data)}")
@@ -689,6 +905,22 @@ def _post(http: Any, location: S3Location, path: Path, key: str, progress: Calla
         raise TransferError(f"verification failed for {location.bucket}/{key}: the store holds ETag {answered}")
     progress(len(data))
     return "copied", len(data)
+
+
+def _policy_names(post_fields: tuple[tuple[str, str], ...], name: str) -> bool:
+    """Whether the grant's POST policy has a condition on the form field `name`: the store refuses
+    a field its policy does not name (policies issued before it allowed our CRC32 metadata)."""
+    try:
+        conditions = json.loads(base64.b64decode(dict(post_fields).get("policy", "")))["conditions"]
+        wanted = name.lower()
+        for condition in conditions:
+            if isinstance(condition, list) and len(condition) == 3 and str(condition[1]).lower() == "$" + wanted:
+                return True
+            if isinstance(condition, dict) and wanted in (str(field).lower() for field in condition):
+                return True
+    except (ValueError, KeyError, TypeError):
+        return False
+    return False
 
 
 class _Counting:

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import os
 import uuid
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
+import urllib3
+from hypothesis import given
+from hypothesis import strategies as st
 from minio import Minio
+from minio.datatypes import PostPolicy
 
 from dlaas import transfer_s3
 from dlaas.transfer import TransferError
 from tests.s3 import REGION, S3Server
 
 MIB = 1 << 20
+Metadata = dict[str, str | list[str] | tuple[str]]
 
 
 @pytest.fixture
@@ -113,12 +121,230 @@ def test_a_corrupt_partial_download_fails_verification_and_is_discarded(
     (dest / "obj.dlaas-part").write_bytes(b"\1" * len(data))  # recorded as fetched, but wrong
     (dest / "obj.dlaas-part.done").write_text(f"{etag} {len(data)}\n0\n")
 
-    with pytest.raises(TransferError, match="verification failed"):
+    with pytest.raises(TransferError, match=r"verification failed.*CRC32"):
         transfer_s3.download_prefix(location, dest)
 
     assert not (dest / "obj").exists() and not (dest / "obj.dlaas-part").exists()
     transfer_s3.download_prefix(location, dest)
     assert (dest / "obj").read_bytes() == data
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_crc32_combine_gives_the_crc32_of_the_concatenation(first: bytes, second: bytes) -> None:
+    assert transfer_s3.crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second)) == zlib.crc32(first + second)
+
+
+def test_crc32_combine_over_chunks_of_a_part_size() -> None:
+    data = os.urandom(3 * MIB + 5)
+    chunks = [data[i : i + MIB] for i in range(0, len(data), MIB)]
+    whole = 0
+    for chunk in chunks:
+        whole = transfer_s3.crc32_combine(whole, zlib.crc32(chunk), len(chunk))
+
+    assert whole == zlib.crc32(data)
+
+
+def _signed(admin: Minio, location: transfer_s3.S3Location) -> transfer_s3.S3Location:
+    """The location as a presigned grant gives it: one signed GET per object, no keys."""
+    objects = tuple(
+        transfer_s3.PresignedGet(
+            o.object_name or "",
+            o.size or 0,
+            (o.etag or "").strip('"'),
+            admin.presigned_get_object(location.bucket, o.object_name or ""),
+        )
+        for o in admin.list_objects(location.bucket, prefix=location.prefix + "/", recursive=True)
+    )
+    return transfer_s3.S3Location(
+        location.endpoint, REGION, location.bucket, location.prefix, presigned=True, objects=objects
+    )
+
+
+@pytest.mark.parametrize("access", ["keys", "presigned"])
+def test_our_uploads_carry_a_crc32_and_a_download_checks_it_not_the_etag(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location], access: str
+) -> None:
+    admin, location = bucket
+    sizes = {"small": 3 * MIB + 1, "big": 2 * transfer_s3.PART_SIZE + 9}
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, size in sizes.items():
+        (src / name).write_bytes(os.urandom(size))
+    transfer_s3.upload_tree(src, location)
+    for name in sizes:
+        assert _stored_crc(admin, location.bucket, f"set/{name}") == f"{zlib.crc32((src / name).read_bytes()):08x}"
+    reading = location if access == "keys" else _signed(admin, location)
+    transfer_s3.download_prefix(reading, tmp_path / "good")
+    for name in sizes:
+        assert (tmp_path / "good" / name).read_bytes() == (src / name).read_bytes()
+
+    # Each object replaced by other bytes of the same size, by a client that kept the old CRC32:
+    # its ETag is that of the new bytes (an MD5 check would pass), its CRC32 is not.
+    for name, size in sizes.items():
+        stale: Metadata = {transfer_s3.CRC_METADATA: f"{zlib.crc32((src / name).read_bytes()):08x}"}
+        other = os.urandom(size)
+        admin.put_object(
+            location.bucket, f"set/{name}", io.BytesIO(other), size, part_size=transfer_s3.PART_SIZE, metadata=stale
+        )
+        (tmp_path / f"{name}.other").write_bytes(other)
+        etag = (admin.stat_object(location.bucket, f"set/{name}").etag or "").strip('"')
+        assert etag == transfer_s3.object_etag(tmp_path / f"{name}.other")
+        reading = location if access == "keys" else _signed(admin, location)
+        one = transfer_s3.S3Location(
+            reading.endpoint,
+            REGION,
+            reading.bucket,
+            f"set/{name}",
+            reading.access_key_id,
+            reading.secret_access_key,
+            presigned=reading.presigned,
+            objects=tuple(o for o in reading.objects if o.key == f"set/{name}"),
+        )
+
+        with pytest.raises(TransferError, match=rf"verification failed for .*set/{name}.*CRC32"):
+            transfer_s3.download_prefix(one, tmp_path / "bad")
+
+        assert not (tmp_path / "bad" / name).exists()
+        assert not list((tmp_path / "bad").glob("*.dlaas-part*"))
+
+
+def test_an_object_without_our_crc32_is_still_checked_by_its_etag(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location]
+) -> None:
+    admin, location = bucket
+    small, big = os.urandom(MIB + 3), os.urandom(transfer_s3.PART_SIZE + 7)
+    admin.put_object(location.bucket, "set/small", io.BytesIO(small), len(small))
+    admin.put_object(location.bucket, "set/big", io.BytesIO(big), len(big), part_size=transfer_s3.PART_SIZE)
+    assert _stored_crc(admin, location.bucket, "set/big") is None
+
+    transfer_s3.download_prefix(location, tmp_path / "dst")
+
+    assert (tmp_path / "dst" / "small").read_bytes() == small
+    assert (tmp_path / "dst" / "big").read_bytes() == big
+    # A chunk that an earlier attempt recorded but got wrong: caught by the ETag's MD5.
+    dest = tmp_path / "again"
+    dest.mkdir()
+    etag = (admin.stat_object(location.bucket, "set/big").etag or "").strip('"')
+    (dest / "big.dlaas-part").write_bytes(b"\1" * transfer_s3.PART_SIZE + big[transfer_s3.PART_SIZE :])
+    (dest / "big.dlaas-part.done").write_text(f"{etag} {len(big)}\n0\n")
+    only_big = transfer_s3.S3Location(location.endpoint, REGION, location.bucket, "set/big", *_keys(location))
+
+    with pytest.raises(TransferError, match=r"verification failed.*ETag"):
+        transfer_s3.download_prefix(only_big, dest)
+
+    assert not (dest / "big").exists() and not (dest / "big.dlaas-part").exists()
+
+
+def test_a_resumed_download_checks_the_chunks_read_back_from_disk_by_crc32(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location]
+) -> None:
+    admin, location = bucket
+    data = os.urandom(3 * transfer_s3.PART_SIZE + 11)
+    transfer_s3.upload_tree(_one(tmp_path, "obj", data), location)
+    etag = (admin.stat_object(location.bucket, "set/obj").etag or "").strip('"')
+    chunk = transfer_s3.PART_SIZE
+
+    def attempt(name: str, content: bytes, recorded: list[int]) -> tuple[Path, list[int]]:
+        dest = tmp_path / name
+        dest.mkdir()
+        (dest / "obj.dlaas-part").write_bytes(content)
+        (dest / "obj.dlaas-part.done").write_text(f"{etag} {len(data)}\n" + "".join(f"{i}\n" for i in recorded))
+        moved: list[int] = []
+        transfer_s3.download_prefix(location, dest, on_bytes=moved.append)
+        return dest, moved
+
+    # Chunks 0 and 2 from an earlier attempt, right: only 1 and 3 are fetched.
+    dest, moved = attempt("some", data[:chunk] + bytes(chunk) + data[2 * chunk : 3 * chunk] + bytes(11), [0, 2])
+    assert (dest / "obj").read_bytes() == data
+    assert sum(moved) == chunk + 11
+    # Every chunk from an earlier attempt: nothing fetched, the object's CRC32 asked for.
+    dest, moved = attempt("all", data, [0, 1, 2, 3])
+    assert (dest / "obj").read_bytes() == data
+    assert sum(moved) == 0
+    # A chunk read back from disk that is wrong, whether or not others were fetched.
+    for name, recorded in (("bad-some", [2]), ("bad-all", [0, 1, 2, 3])):
+        wrong = bytearray(data)
+        wrong[2 * chunk + 5] ^= 0xFF
+        with pytest.raises(TransferError, match=r"verification failed.*CRC32"):
+            attempt(name, bytes(wrong), recorded)
+        assert not list((tmp_path / name).iterdir())
+
+
+def test_an_upload_replaces_an_object_whose_crc32_is_stale_even_with_the_same_etag(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location]
+) -> None:
+    admin, location = bucket
+    data = os.urandom(transfer_s3.PART_SIZE + 3)
+    src = _one(tmp_path, "obj", data)
+    # As an upload leaves it when the file changed while it was read: content and ETag of one
+    # version, the CRC32 of another.
+    stale: Metadata = {transfer_s3.CRC_METADATA: f"{zlib.crc32(data) ^ 1:08x}"}
+    admin.put_object(
+        location.bucket, "set/obj", io.BytesIO(data), len(data), part_size=transfer_s3.PART_SIZE, metadata=stale
+    )
+
+    again = transfer_s3.upload_tree(src, location)
+
+    assert (again.files, again.skipped) == (1, 0)
+    assert _stored_crc(admin, location.bucket, "set/obj") == f"{zlib.crc32(data):08x}"
+    assert transfer_s3.upload_tree(src, location).skipped == 1
+
+
+def _post_location(admin: Minio, location: transfer_s3.S3Location, *, crc_field: bool) -> transfer_s3.S3Location:
+    """A WRITE grant on a store without STS: a POST policy for keys under the prefix (with the
+    CRC32 field allowed, as the storage service issues it now, or without, as it did before)."""
+    policy = PostPolicy(location.bucket, datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    policy.add_starts_with_condition("key", location.prefix + "/")
+    if crc_field:
+        policy.add_starts_with_condition(transfer_s3.CRC_METADATA, "")
+    fields = admin.presigned_post_policy(policy)
+    return transfer_s3.S3Location(
+        location.endpoint,
+        REGION,
+        location.bucket,
+        location.prefix,
+        presigned=True,
+        post_url=f"{location.endpoint}/{location.bucket}",
+        post_fields=tuple(sorted(fields.items())),
+    )
+
+
+@pytest.mark.parametrize("crc_field", [True, False])
+def test_uploads_through_a_post_policy_carry_the_crc32_when_the_policy_allows_it(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location], crc_field: bool
+) -> None:
+    admin, location = bucket
+    data = os.urandom(MIB + 1)
+
+    transfer_s3.upload_tree(_one(tmp_path, "obj", data), _post_location(admin, location, crc_field=crc_field))
+
+    assert _stored_crc(admin, location.bucket, "set/obj") == (f"{zlib.crc32(data):08x}" if crc_field else None)
+    transfer_s3.download_prefix(_signed(admin, location), tmp_path / "dst")
+    assert (tmp_path / "dst" / "obj").read_bytes() == data
+
+
+def test_a_post_policy_refuses_a_field_it_does_not_name(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location]
+) -> None:
+    # Why the uploader reads the policy before sending the CRC32 field: the store refuses it otherwise.
+    admin, location = bucket
+    old = _post_location(admin, location, crc_field=False)
+    fields: dict[str, Any] = {**dict(old.post_fields), "key": "set/x", transfer_s3.CRC_METADATA: "00000000"}
+    fields["file"] = ("x", b"x")
+
+    response = urllib3.PoolManager().request("POST", old.post_url, fields=fields)
+
+    assert response.status == 403
+
+
+def _stored_crc(admin: Minio, bucket: str, key: str) -> str | None:
+    metadata = admin.stat_object(bucket, key).metadata or {}
+    value = metadata.get(transfer_s3.CRC_METADATA)
+    return str(value) if value is not None else None
+
+
+def _keys(location: transfer_s3.S3Location) -> tuple[str, str]:
+    return location.access_key_id, location.secret_access_key
 
 
 def test_wrong_credentials_fail_with_the_store_code(

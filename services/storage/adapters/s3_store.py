@@ -234,6 +234,9 @@ class S3ObjectStore:
             else:
                 policy = PostPolicy(location.bucket, min(expires, now + datetime.timedelta(seconds=MAX_PRESIGN_S)))
                 policy.add_starts_with_condition("key", location.prefix.rstrip("/") + "/" if location.prefix else "")
+                # Any value, or none: the CRC32 our uploads store with what they write
+                # (dlaas.transfer_s3.CRC_METADATA); the store refuses a field the policy does not name.
+                policy.add_starts_with_condition("x-amz-meta-dlaas-crc32", "")
                 fields = self._client.presigned_post_policy(policy)
                 post_url = f"{endpoint}/{location.bucket}"
         except S3Error as exc:
