@@ -232,6 +232,24 @@ def _crc_of(stream: Any, length: int) -> int:
     return crc
 
 
+def _file_crc(path: Path, size: int, parallel: int) -> int:
+    """The CRC32 of a file, its PART_SIZE chunks read side by side (zlib releases the GIL while it
+    sums) and joined: the pass a multipart upload waits for before it starts."""
+
+    def chunk(offset: int) -> int:
+        with open(path, "rb") as stream:
+            stream.seek(offset)
+            return _crc_of(stream, min(PART_SIZE, size - offset))
+
+    offsets = range(0, size, PART_SIZE)
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(offsets)))) as pool:
+        crcs = list(pool.map(chunk, offsets))
+    crc = 0
+    for offset, part in zip(offsets, crcs, strict=True):
+        crc = crc32_combine(crc, part, min(PART_SIZE, size - offset))
+    return crc
+
+
 def object_etag(path: Path) -> str:
     """The ETag an upload of `path` by this module gets."""
     return _digest_file(path).etag()
@@ -785,65 +803,71 @@ def _put(
     parallel: int,
     progress: Callable[[int], None],
 ) -> tuple[Placed, int]:
-    """One file, with its CRC32 as metadata; verified by the ETag the store answers."""
+    """One file, with its CRC32 as metadata.
+
+    Verified as it is sent: the store checks each request's body against the hash minio sends
+    with it (`x-amz-content-sha256` over HTTP, `Content-MD5` over HTTPS) and refuses a mismatch
+    (XAmzContentSHA256Mismatch, BadDigest), so no MD5 of ours is needed for the ETag; the CRC32
+    is taken before the upload starts (the metadata goes with its first request) and again from
+    the bytes sent, which shows the file did not change in between.
+    """
     try:
         size = path.stat().st_size
         if size <= PART_SIZE:
-            # One part: read once, so the ETag and the CRC32 are of exactly the bytes sent.
+            # One part: read once, so the CRC32 is of exactly the bytes sent.
             data = path.read_bytes()
             size = len(data)
-            digest = _EtagDigest(crc=True)
-            digest.update(data)
-            crc = digest.crc
-            if there == (size, digest.etag()):
+            if there is not None and there == (size, hashlib.md5(data, usedforsecurity=False).hexdigest()):
                 return "skipped", size
-            result = s3.put_object(
-                bucket, key, io.BytesIO(data), size, part_size=PART_SIZE, metadata={CRC_METADATA: _crc_text(crc)}
+            s3.put_object(
+                bucket,
+                key,
+                io.BytesIO(data),
+                size,
+                part_size=PART_SIZE,
+                metadata={CRC_METADATA: _crc_text(zlib.crc32(data))},
             )
             progress(size)
+            return "copied", size
+        if there is not None and there[0] == size:
+            ahead = _digest_file(path, crc=True)  # its MD5s only where the store may hold the file already
+            if ahead.etag() == there[1] and _stored_crc_agrees(s3, bucket, key, ahead.crc):
+                return "skipped", size
+            crc = ahead.crc
         else:
-            # The metadata goes with the request that starts the multipart upload, so a CRC32 pass
-            # first (its MD5s too only where the store may hold the file already); the MD5s the
-            # ETag needs are taken as minio reads the parts, beside the CRC32 again, which shows
-            # that the file did not change in between.
-            if there is not None and there[0] == size:
-                ahead = _digest_file(path, crc=True)
-                if ahead.etag() == there[1] and _stored_crc_agrees(s3, bucket, key, ahead.crc):
-                    return "skipped", size
-                crc = ahead.crc
-            else:
-                with open(path, "rb") as stream:
-                    crc = _crc_of(stream, size)
-            digest = _EtagDigest(crc=True)
-            with open(path, "rb") as stream:
-                result = s3.put_object(
-                    bucket,
-                    key,
-                    _Counting(stream, progress, digest),
-                    size,
-                    part_size=PART_SIZE,
-                    num_parallel_uploads=max(1, parallel),
-                    metadata={CRC_METADATA: _crc_text(crc)},
-                )
+            crc = _file_crc(path, size, parallel)
+        sent = _Crc()
+        with open(path, "rb") as stream:
+            s3.put_object(
+                bucket,
+                key,
+                _Counting(stream, progress, sent),
+                size,
+                part_size=PART_SIZE,
+                num_parallel_uploads=max(1, parallel),
+                metadata={CRC_METADATA: _crc_text(crc)},
+            )
     except OSError as exc:
         raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except Exception as exc:
         raise _s3_failure("upload", f"{bucket}/{key}", exc) from exc
-    answered = (result.etag or "").strip('"')
-    if not answered:
-        # Some stores (Ceph RGW) answer a completed multipart upload without the ETag minio reads.
-        try:
-            answered = (s3.stat_object(bucket, key).etag or "").strip('"')
-        except Exception as exc:
-            raise _s3_failure("verify", f"{bucket}/{key}", exc) from exc
-    expected = digest.etag()
-    if answered != expected or digest.size != size:
-        raise TransferError(f"verification failed for {bucket}/{key}: the store holds ETag {answered}, not {expected}")
-    if digest.crc != crc:
+    if sent.size != size or sent.crc != crc:
         # Stored with a CRC32 its content does not have: downloads refuse it; the next upload
         # replaces it (_stored_crc_agrees).
         raise TransferError(f"{path} changed while it was uploaded to {bucket}/{key}")
     return "copied", size
+
+
+class _Crc:
+    """The CRC32 and size of the bytes that go by."""
+
+    def __init__(self) -> None:
+        self.crc = 0
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
 
 
 def _stored_crc_agrees(s3: Any, bucket: str, key: str, crc: int) -> bool:
@@ -924,9 +948,9 @@ def _policy_names(post_fields: tuple[tuple[str, str], ...], name: str) -> bool:
 
 
 class _Counting:
-    """A file reader that reports and hashes the bytes read (minio reads parts through it, in order)."""
+    """A file reader that reports the bytes read and takes their CRC32 (minio reads parts through it, in order)."""
 
-    def __init__(self, stream: Any, progress: Callable[[int], None], digest: _EtagDigest):
+    def __init__(self, stream: Any, progress: Callable[[int], None], digest: _Crc):
         self._stream = stream
         self._progress = progress
         self._digest = digest

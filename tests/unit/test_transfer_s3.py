@@ -16,6 +16,7 @@ import urllib3
 from hypothesis import given
 from hypothesis import strategies as st
 from minio import Minio
+from minio import api as minio_api
 from minio.datatypes import PostPolicy
 
 from dlaas import transfer_s3
@@ -365,3 +366,20 @@ def _one(tmp_path: Path, name: str, data: bytes) -> Path:
     src.mkdir(exist_ok=True)
     (src / name).write_bytes(data)
     return src
+
+
+@pytest.mark.parametrize("size", [3 * MIB, 2 * transfer_s3.PART_SIZE + 7], ids=["one part", "multipart"])
+def test_an_upload_whose_bytes_differ_from_what_was_hashed_is_refused_by_the_store(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location], monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Uploads are verified by the store itself: each request carries the hash of its body, which
+    RGW checks (here the hash is made wrong, as bytes changed in flight would make it)."""
+    admin, location = bucket
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(os.urandom(size))
+    real = minio_api.sha256_hash
+    monkeypatch.setattr(minio_api, "sha256_hash", lambda data: real(data) if not data else real(bytes(data) + b"!"))
+
+    with pytest.raises(TransferError, match=r"upload .*XAmzContentSHA256Mismatch"):
+        transfer_s3.upload_tree(tmp_path / "src", location, "in")
+    assert [o.object_name for o in admin.list_objects(location.bucket, prefix="set/", recursive=True)] == []
