@@ -6,16 +6,16 @@ pool of workers, written in place with pwrite; uploads send files in parallel an
 as a parallel multipart upload.
 
 Integrity: an object's ETag is the MD5 of its bytes, or for a multipart upload the MD5 of its
-parts' MD5s followed by "-<parts>". Uploads use a fixed part size, so the ETag the store
-answers is checked against the one computed from the bytes sent (and files whose ETag the
-store already holds are skipped). Uploads also store the CRC32 of the whole content as object
-metadata (`x-amz-meta-dlaas-crc32`, 8 hex digits), and downloads check an object that carries
-it by that CRC32, read from the GET's own headers (no HEAD; presigned GETs carry it too):
-zlib's CRC32 costs about a tenth of an MD5 here. A CRC32 detects corruption, not tampering:
-who may write an object is the grant's business. An object without it (written by another
-client) is checked by its ETag, recomputed from the bytes written; one whose ETag was made
-with other part sizes is checked with the part sizes that give its part count, else against
-an `x-amz-meta-sha256` its uploader attached, when present.
+parts' MD5s followed by "-<parts>". Uploads are checked by the store request by request (minio
+sends each body's SHA-256, or over HTTPS its Content-MD5, and the store refuses a mismatch);
+files whose ETag the store already holds (fixed part size) are skipped. Uploads also store the
+CRC32 of the whole content as object metadata (`x-amz-meta-dlaas-crc32`, 8 hex digits), and
+downloads check an object that carries it by that CRC32, read from the GET's own headers (no
+HEAD; presigned GETs carry it too): zlib's CRC32 costs about a tenth of an MD5 here. A CRC32
+detects corruption, not tampering: who may write an object is the grant's business. An object
+without it (written by another client) is checked by its ETag, recomputed from the bytes
+written; one whose ETag was made with other part sizes is checked with the part sizes that give
+its part count, else against an `x-amz-meta-sha256` its uploader attached, when present.
 
 Resume: a download writes `<name>.dlaas-part` beside its destination and records finished
 chunks in `<name>.dlaas-part.done`; a later attempt (the same run's next attempt, or a rerun of

@@ -267,10 +267,15 @@ async def test_submissions_beyond_the_tier_rate_are_refused_with_a_retry_delay(
     limits = {"free": RateLimit(per_second=0.5, burst=2)}
     platform = await start_platform(sqlite_databases, tmp_path, gateway={"submission_limits": limits})
     try:
-        accepted = [await submit(platform.client, manifest("true", gpus=0)) for _ in range(2)]
+        accepted = [
+            await submit(platform.client, manifest("true", gpus=0), request_id=f"first-{i}") for i in range(2)
+        ]
         with pytest.raises(grpc.aio.AioRpcError) as limited:
             await submit(platform.client, manifest("true", gpus=0))
         assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Over the rate, a retry of an earlier call is still answered as that call was.
+        retried = await submit(platform.client, manifest("true", gpus=0), request_id="first-0")
+        assert retried.name == accepted[0].name
         status = rpc_status.from_call(limited.value)
         assert status is not None
         delays = []

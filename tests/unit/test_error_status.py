@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import urllib.parse
+
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.errors import FieldViolation, InvalidArgument
@@ -14,20 +18,21 @@ def _decoded(error: InvalidArgument) -> tuple[status_pb2.Status, int]:
     return status_pb2.Status.FromString(trailer), len(trailer)
 
 
-def test_a_refusal_of_many_huge_violations_stays_within_grpcs_metadata_limit() -> None:
+@pytest.mark.parametrize("character", ["e", "é", "中", "😀"])
+def test_a_refusal_of_many_huge_violations_stays_within_grpcs_metadata_limit(character: str) -> None:
     error = InvalidArgument(
-        "invalid manifest: " + "é" * 5000,
+        "invalid manifest: " + character * 5000,
         [
-            FieldViolation(f"search.parameters.p{i}" + "x" * 1000, "must be a number, got " + "9" * 5000)
+            FieldViolation(f"search.parameters.p{i}" + character * 1000, "must be a number, got " + character * 5000)
             for i in range(200)
         ],
     )
     status, size = _decoded(error)
     bad = error_details_pb2.BadRequest()
     assert status.details[1].Unpack(bad)
-    # base64 in the trailer (4/3) plus the percent-encoded message must fit in 8 KiB.
-    assert size * 4 / 3 + len(status.message.encode()) * 3 < 8 * 1024
-    assert len(status.message) <= 300 and status.message.endswith("…")
+    # On the wire: the details base64 (4/3), the message percent-encoded; gRPC refuses over 8 KiB.
+    assert math.ceil(size / 3) * 4 + len(urllib.parse.quote(status.message)) < 7 * 1024
+    assert status.message.startswith("invalid manifest: ") and status.message.endswith("…")
     assert 1 < len(bad.field_violations) < 200
     assert bad.field_violations[0].field.startswith("search.parameters.p0")
     assert "more problem(s) not shown" in bad.field_violations[-1].description

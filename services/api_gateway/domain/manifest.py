@@ -254,7 +254,8 @@ class _FastLoader(CParser, _ManifestChecks):
 
 class _ManifestLoader(Reader, Scanner, Parser, _ManifestChecks):
     """PyYAML's own scanner and parser: the judge wherever libyaml refuses (it is stricter in places:
-    JSON's surrogate-pair escapes), so that exactly the manifests PyYAML reads are accepted."""
+    JSON's surrogate-pair escapes), so that every manifest PyYAML reads is accepted (libyaml also
+    reads a few PyYAML refuses, such as a tab after a value: valid YAML either way)."""
 
     def __init__(self, stream: str) -> None:
         Reader.__init__(self, stream)

@@ -36,7 +36,7 @@ from services.api_gateway.adapters.experiments_db import (
 from services.api_gateway.domain import experiments as domain
 from services.api_gateway.domain import search
 from services.api_gateway.domain.archive import check_code_archive
-from services.api_gateway.runtime.gateway import REFUSALS, Gateway
+from services.api_gateway.runtime.gateway import REFUSALS, Gateway, check_request_id
 from services.common import names, pagination
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.timeutil import now_ms
@@ -119,8 +119,7 @@ class Experiments:
         self, account: str, tier: str, manifest: str, code_archive: bytes, request_id: str
     ) -> ExperimentRow:
         spec, config = self.parse(manifest)
-        if len(request_id) > 200:
-            raise InvalidArgument.field("request_id", "must be at most 200 characters")
+        check_request_id(request_id)
         settings = self.gateway.settings
         check_code_archive(code_archive, settings.max_code_archive_bytes, settings.max_code_archive_files)
         if request_id:

@@ -22,18 +22,25 @@ from services.api_gateway.domain.archive import check_code_archive
 from services.api_gateway.domain.manifest import ParsedManifest, parse_manifest
 from services.api_gateway.settings import GatewaySettings
 from services.common import names
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.timeutil import now_ms
 
 log = logging.getLogger(__name__)
 
-# Errors from the scheduler after which the stored spec is removed: the submission did not happen.
-REFUSALS = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,  # the account's queue is full
-}
+# Errors from the scheduler that refuse the run for good: what it would be is invalid or can
+# never run (a trial refused so has failed).
+REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
+# Errors after which the stored spec is removed, so that nothing is half-written: the refusals,
+# and a full queue (a retry later is a new submission; an experiment's trial waits for its next pass).
+NOT_QUEUED = REFUSALS | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def check_request_id(request_id: str) -> None:
+    """At most 200 printable characters (a NUL would break PostgreSQL's statements)."""
+    if len(request_id) > 200:
+        raise InvalidArgument.field("request_id", "must be at most 200 characters")
+    if not request_id.isprintable():
+        raise InvalidArgument.field("request_id", "must be printable characters, without control characters")
 
 
 class Gateway:
@@ -79,14 +86,20 @@ class Gateway:
         well-formed submissions count; `admit` answers how to give its token back), then stores."""
         parsed = self.parse(manifest)
         check_code_archive(code_archive, self.settings.max_code_archive_bytes, self.settings.max_code_archive_files)
-        if len(request_id) > 200:
-            raise InvalidArgument.field("request_id", "must be at most 200 characters")
+        check_request_id(request_id)
         if request_id and (code_archive or parsed.inline_connections):
             # These write before the spec is stored: a retry must be known first, and write nothing again.
             earlier = await self.specs.by_request(account, request_id)
             if earlier is not None:
                 return await self._resubmit(earlier, tier)
-        give_back = admit()
+        try:
+            give_back = admit()
+        except ResourceExhausted:
+            # Over the rate: a retry of an earlier call is still answered as that call was.
+            earlier = await self.specs.by_request(account, request_id) if request_id else None
+            if earlier is None:
+                raise
+            return await self._resubmit(earlier, tier)
 
         for inline in parsed.inline_connections:
             # Inline credentials become a connection held (sealed) by storage; the spec names it only.
@@ -147,7 +160,7 @@ class Gateway:
                 scheduler_pb2.SubmitRunRequest(run=run, tier=tier), timeout=30
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in REFUSALS:
+            if exc.code() in NOT_QUEUED:
                 await self.specs.remove(stored.name)  # nothing half-written
             raise
         return queued

@@ -233,10 +233,6 @@ class Scheduler:
             return queued  # a retry of the same submission
         row.transitions = [(QUEUED, row.created_ms)]
         log.info("queued %s (%d GPU)", run.name, row.gpus)
-        if row.gpus == 0 or self._free_gpus is None or self._free_gpus > 0:
-            self._wake.set()
-        else:
-            self._unseen_arrivals = True
         return row
 
     async def _queue_arrivals(self, arrivals: Sequence[_Arrival]) -> list[RunRow | BaseException]:
@@ -278,6 +274,11 @@ class Scheduler:
             await self.repo.insert_many(conn, list(new.values()))
         for row in new.values():
             self._tiers_cache.setdefault(row.account, row.tier)
+            # Here, not in `submit`: the rows are committed even if their callers gave up waiting.
+            if row.gpus == 0 or self._free_gpus is None or self._free_gpus > 0:
+                self._wake.set()
+            else:
+                self._unseen_arrivals = True
         return outcomes
 
     async def _account_tiers(self) -> dict[str, str]:
