@@ -267,9 +267,7 @@ async def test_submissions_beyond_the_tier_rate_are_refused_with_a_retry_delay(
     limits = {"free": RateLimit(per_second=0.5, burst=2)}
     platform = await start_platform(sqlite_databases, tmp_path, gateway={"submission_limits": limits})
     try:
-        accepted = [
-            await submit(platform.client, manifest("true", gpus=0), request_id=f"first-{i}") for i in range(2)
-        ]
+        accepted = [await submit(platform.client, manifest("true", gpus=0), request_id=f"first-{i}") for i in range(2)]
         with pytest.raises(grpc.aio.AioRpcError) as limited:
             await submit(platform.client, manifest("true", gpus=0))
         assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
