@@ -69,7 +69,7 @@ bench-submit: install
 bench-overhead: install
 	$(PY) -m bench.overhead
 
-# Ceph RGW packages needed (see docs/storage.md); BENCH_STAGING_MB=1024 for the issue's full 1 GB.
+# Ceph RGW packages needed (see docs/storage.md); 1 GB by default (RGW then needs ≈ 10 GB of memory), BENCH_STAGING_MB=256 for a lighter run.
 bench-staging: install
 	$(PY) -m bench.staging
 
