@@ -13,6 +13,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+# The most items written together, and the most runs one SubmitRuns call carries.
+MAX_BATCH = 500
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -25,7 +28,7 @@ class GroupWriter(Generic[Item, Result]):
     """
 
     def __init__(
-        self, write: Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException]]], max_batch: int = 500
+        self, write: Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException]]], max_batch: int = MAX_BATCH
     ):
         self._write = write
         self._max_batch = max_batch

@@ -1,4 +1,4 @@
-"""Channels to other services: traced (context carried on every hop), with our message limits,
+"""Channels to other services: traced where tracing is on (context carried on every hop), with our message limits,
 carrying the platform's service token on every call, over mutual TLS where it is configured."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from dlaas.credentials import SERVICE_TOKEN, Headers, aio_interceptors
 from services.common.server import CHANNEL_OPTIONS
 from services.common.settings import ServiceCredentials
+from services.common.telemetry import tracing_on
 
 
 def open_channel(address: str, credentials: ServiceCredentials, extra: Headers | None = None) -> grpc.aio.Channel:
@@ -19,7 +20,8 @@ def open_channel(address: str, credentials: ServiceCredentials, extra: Headers |
         return [(SERVICE_TOKEN, secret), *(extra() if extra else ())]
 
     # Calls between our services ride out a peer's restart (kill -9 and back) within their deadline.
-    interceptors = [*aio_client_interceptors(), *aio_interceptors(headers, wait_for_ready=True)]  # type: ignore[no-untyped-call]
+    tracing = aio_client_interceptors() if tracing_on() else []  # type: ignore[no-untyped-call]
+    interceptors = [*tracing, *aio_interceptors(headers, wait_for_ready=True)]
     if credentials.tls is None:
         return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
     cert, key, ca = credentials.tls.read()

@@ -27,7 +27,7 @@ from prometheus_client import start_http_server
 from services.common.errors import DomainError, InvalidArgument, ResourceExhausted
 from services.common.logs import bind_run, setup_logging
 from services.common.settings import ServiceSettings
-from services.common.telemetry import RPC_HANDLED, RPC_SECONDS, setup_tracing
+from services.common.telemetry import RPC_HANDLED, RPC_SECONDS, setup_tracing, tracing_on
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ def _violations(error: InvalidArgument) -> list[error_details_pb2.BadRequest.Fie
 
 
 def to_status(error: DomainError) -> grpc.Status:
+    """A domain error as the status a call ends with (see `status_of`)."""
+    return rpc_status.to_status(status_of(error))  # type: ignore[no-any-return]
+
+
+def status_of(error: DomainError) -> status_pb2.Status:
     """A domain error as google.rpc.Status with ErrorInfo and, for bad input, BadRequest; bounded
     in size and valid UTF-8 whatever the input it describes."""
     info = any_pb2.Any()
@@ -91,10 +96,16 @@ def to_status(error: DomainError) -> grpc.Status:
         delay.retry_delay.FromMilliseconds(max(1, round(error.retry_delay_s * 1000)))
         retry.Pack(delay)
         details.append(retry)
-    code = error.code.value[0]
-    message = _text(error.message, MAX_MESSAGE_BYTES)
-    status: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
-    return status
+    return status_pb2.Status(code=error.code.value[0], message=_text(error.message, MAX_MESSAGE_BYTES), details=details)
+
+
+def status_for(exc: BaseException, where: str) -> status_pb2.Status:
+    """The status a call failed by `exc` ends with: a domain error as itself, anything else as an
+    INTERNAL error that names nothing of it (the service logs it)."""
+    if isinstance(exc, DomainError):
+        return status_of(exc)
+    log.error("unhandled error in %s", where, exc_info=exc)
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; the service logged it")
 
 
 def _run_of(request: object) -> str:
@@ -205,9 +216,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AioRpcError):
             # A downstream service's answer travels on unchanged, details included.
             await context.abort(exc.code(), exc.details() or "", trailing_metadata=tuple(exc.trailing_metadata() or ()))
-        log.exception("unhandled error in %s", method)
-        status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; the service logged it")
-        await context.abort_with_status(rpc_status.to_status(status))
+        await context.abort_with_status(rpc_status.to_status(status_for(exc, method)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
@@ -261,11 +270,8 @@ def new_service(
     then serves gRPC health probes and runners' callbacks in plaintext (the guard still applies).
     The caller adds its servicers and background work, then starts it.
     """
-    setup_tracing(name, settings.trace_exporter)
-    server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), ServiceInterceptor(name, guard)],  # type: ignore[no-untyped-call]
-        options=CHANNEL_OPTIONS,
-    )
+    tracing = [aio_server_interceptor()] if tracing_on() else []  # type: ignore[no-untyped-call]
+    server = grpc.aio.server(interceptors=[*tracing, ServiceInterceptor(name, guard)], options=CHANNEL_OPTIONS)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -290,6 +296,7 @@ S = TypeVar("S", bound=ServiceSettings)
 def serve(build: Callable[[S], Awaitable[Service]], settings: S, name: str) -> None:
     """Runs a service until SIGTERM or SIGINT, then stops it gracefully."""
     setup_logging(name, settings.log_level, settings.log_format)
+    setup_tracing(name, settings.trace_exporter)  # before `build` opens channels and a server
 
     async def main() -> None:
         # Handlers first: a SIGTERM during migrations or start-up still stops the service cleanly.

@@ -23,7 +23,7 @@ async def test_one_trace_spans_all_four_services(platform: Platform, spans: InMe
     wanted = {
         "/dlaas.gateway.v1.TrainingService/CreateRun",
         "/dlaas.storage.v1.StorageService/WriteObject",
-        "/dlaas.scheduler.v1.SchedulerService/SubmitRun",
+        "/dlaas.scheduler.v1.SchedulerService/SubmitRuns",
         "/dlaas.storage.v1.StorageService/CreateGrant",
         "/dlaas.metering.v1.MeteringService/RecordUsageEvents",
     }

@@ -1,13 +1,78 @@
-"""Stubs of the services the gateway calls."""
+"""Stubs of the services the gateway calls, and the batching of its submissions to the scheduler."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import status_pb2
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from dlaas.credentials import Headers
 from dlaas.metering.v1 import metering_pb2_grpc
-from dlaas.scheduler.v1 import scheduler_pb2_grpc
+from dlaas.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from dlaas.storage.v1 import storage_pb2_grpc
+from services.common.batching import GroupWriter
 from services.common.clients import open_channel
 from services.common.settings import ServiceCredentials
+from services.common.telemetry import current_carrier
+
+TRACER = __name__
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True)
+class _Submission:
+    request: scheduler_pb2.SubmitRunRequest
+    context: otel_context.Context  # the submitting call's, for the trace of a batch of one
+
+
+class Submissions:
+    """Runs handed to the scheduler. Those that arrive while one SubmitRuns call is answered go
+    together in the next (group commit across the hop: one call and one scheduler transaction for
+    many). Each caller gets its run, or raises the grpc.aio.AioRpcError that a call for its run
+    alone would have raised, status details included."""
+
+    def __init__(self, scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub):
+        self._scheduler = scheduler
+        self._writer: GroupWriter[_Submission, scheduler_pb2.Run] = GroupWriter(self._send)
+
+    async def submit(self, run: scheduler_pb2.Run, tier: str) -> scheduler_pb2.Run:
+        request = scheduler_pb2.SubmitRunRequest(run=run, tier=tier, trace_context=current_carrier())
+        return await self._writer.submit(_Submission(request, otel_context.get_current()))
+
+    async def _send(self, batch: Sequence[_Submission]) -> list[scheduler_pb2.Run | BaseException]:
+        if len(batch) == 1:  # the call belongs to its submission's trace
+            token = otel_context.attach(batch[0].context)
+            try:
+                return await self._call(batch)
+            finally:
+                otel_context.detach(token)
+        # Several traces: the call gets a trace of its own, linked to each submission's span.
+        links = [trace.Link(trace.get_current_span(s.context).get_span_context()) for s in batch]
+        with trace.get_tracer(TRACER).start_as_current_span(
+            "submit runs", context=otel_context.Context(), links=links, attributes={"dlaas.runs": len(batch)}
+        ):
+            return await self._call(batch)
+
+    async def _call(self, batch: Sequence[_Submission]) -> list[scheduler_pb2.Run | BaseException]:
+        response = await self._scheduler.SubmitRuns(
+            scheduler_pb2.SubmitRunsRequest(requests=[s.request for s in batch]), timeout=30
+        )
+        return [r.run if r.WhichOneof("result") == "run" else _rpc_error(r.error) for r in response.results]
+
+
+def _rpc_error(status: status_pb2.Status) -> grpc.aio.AioRpcError:
+    """The error a call ending with `status` raises (what grpc_status.rpc_status reads back)."""
+    return grpc.aio.AioRpcError(
+        _CODES.get(status.code, grpc.StatusCode.UNKNOWN),
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata((_DETAILS_KEY, status.SerializeToString())),
+        details=status.message,
+    )
 
 
 class Peers:
@@ -24,6 +89,7 @@ class Peers:
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self._channels[0])
         self.storage = storage_pb2_grpc.StorageServiceStub(self._channels[1])
         self.metering = metering_pb2_grpc.MeteringServiceStub(self._channels[2])
+        self.submissions = Submissions(self.scheduler)
 
     async def close(self) -> None:
         for channel in self._channels:

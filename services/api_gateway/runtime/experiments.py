@@ -454,9 +454,7 @@ class Experiments:
                 run_pb2.ObjectLocation(bucket=self.gateway.settings.code_bucket, prefix=experiment.code_key)
             )
         try:
-            await self.gateway.peers.scheduler.SubmitRun(
-                scheduler_pb2.SubmitRunRequest(run=run, tier=experiment.tier), timeout=30
-            )
+            await self.gateway.peers.submissions.submit(run, experiment.tier)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in REFUSALS:
                 trial.state, trial.failure_cause = run_pb2.RUN_STATE_FAILED, f"refused: {exc.details()}"

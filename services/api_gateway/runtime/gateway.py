@@ -156,9 +156,7 @@ class Gateway:
         if code is not None:
             run.code.CopyFrom(code)
         try:
-            queued = await self.peers.scheduler.SubmitRun(
-                scheduler_pb2.SubmitRunRequest(run=run, tier=tier), timeout=30
-            )
+            queued = await self.peers.submissions.submit(run, tier)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in NOT_QUEUED:
                 await self.specs.remove(stored.name)  # nothing half-written

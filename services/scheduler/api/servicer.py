@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,10 @@ import grpc
 from dlaas.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from dlaas.types.v1 import run_pb2
 from services.common import names, pagination
+from services.common.batching import MAX_BATCH
 from services.common.errors import InvalidArgument
+from services.common.logs import bind_account, bind_run
+from services.common.server import status_for
 from services.scheduler.adapters.db import RunRow
 from services.scheduler.domain.model import QUEUED, Node, Waiting, results_location
 from services.scheduler.runtime.scheduler import Scheduler
@@ -56,11 +60,34 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def _proto(self, run: RunRow) -> scheduler_pb2.Run:
         return to_proto(run, self.scheduler.waiting(run.name))
 
-    async def SubmitRun(self, request: scheduler_pb2.SubmitRunRequest, context: Context) -> scheduler_pb2.Run:
-        names.parse_run(request.run.name, "run.name")
+    async def SubmitRuns(
+        self, request: scheduler_pb2.SubmitRunsRequest, context: Context
+    ) -> scheduler_pb2.SubmitRunsResponse:
+        if not request.requests:
+            raise InvalidArgument.field("requests", "at least one run is required")
+        if len(request.requests) > MAX_BATCH:
+            raise InvalidArgument.field("requests", f"at most {MAX_BATCH} runs a call")
+        # Concurrently: the runs that pass their checks meet in one batch of the scheduler's writer.
+        outcomes = await asyncio.gather(*(self._submit(r) for r in request.requests), return_exceptions=True)
+        response = scheduler_pb2.SubmitRunsResponse()
+        for item, outcome in zip(request.requests, outcomes, strict=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                response.results.add(error=status_for(outcome, f"SubmitRuns of {item.run.name}"))
+            else:
+                response.results.add(run=outcome)
+        return response
+
+    async def _submit(self, request: scheduler_pb2.SubmitRunRequest) -> scheduler_pb2.Run:
+        """One run of a SubmitRuns call, checked and answered as if it had come alone."""
+        account, _ = names.parse_run(request.run.name, "run.name")
+        bind_run(request.run.name)
+        bind_account(account)  # the call's header names one account; a call carries runs of several
         if not request.run.spec.command:
             raise InvalidArgument.field("run.spec.command", "is required")
-        return self._proto(await self.scheduler.submit(request.run, request.tier or "free"))
+        run = await self.scheduler.submit(request.run, request.tier or "free", dict(request.trace_context))
+        return self._proto(run)
 
     async def GetRun(self, request: scheduler_pb2.GetRunRequest, context: Context) -> scheduler_pb2.Run:
         names.parse_run(request.name)

@@ -183,7 +183,8 @@ class Scheduler:
     def _limits(self, tier: Tier) -> TierLimits:
         return TierLimits(tier.max_gpus, tier.weight, frozenset(t.lower() for t in tier.allowed_gpu_types))
 
-    async def submit(self, run: scheduler_pb2.Run, tier: str) -> RunRow:
+    async def submit(self, run: scheduler_pb2.Run, tier: str, trace_carrier: dict[str, str] | None = None) -> RunRow:
+        """Queues a run; its later work continues the trace of `trace_carrier` (by default, the current one)."""
         account = _account_of(run.name)
         spec = run.spec
         tiers = self.settings.tiers
@@ -208,7 +209,7 @@ class Scheduler:
             state=QUEUED,
             attempt=0,
             created_ms=now_ms(),
-            trace_carrier=current_carrier(),
+            trace_carrier=trace_carrier or current_carrier(),
             learners=max(spec.resources.learners, 1),
             priority=spec.priority,
             max_runtime_s=runtime_s,
