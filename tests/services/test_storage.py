@@ -264,7 +264,7 @@ async def test_list_objects_pages(storage: Storage) -> None:
     ("bucket", "prefix", "field"),
     [
         ("results", "../x", "prefix"),
-        ("results", "/abs", "prefix"),
+        ("results", "/../abs", "prefix"),
         ("results", "a/../../b", "prefix"),
         ("results", "a\\b", "prefix"),
         ("results", "a\x00b", "prefix"),
@@ -411,11 +411,32 @@ def test_prefixes_accepted(prefix: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "prefix", ["..", "../x", "a/..", "./a", "/abs", "a//b", "a\\b", "a\x00b", "tab\tname", "x" * 1025]
+    "prefix", ["..", "../x", "a/..", "a/../b", "a\\b", "a\x00b", "tab\tname", "x" * 1025, "é" * 513]
 )
 def test_prefixes_refused(prefix: str) -> None:
     violations = prefix_violations(prefix, "prefix")
     assert violations and all(isinstance(v, FieldViolation) and v.field == "prefix" for v in violations)
+
+
+async def test_a_location_is_normalized_before_it_is_checked_granted_or_written(storage: Storage) -> None:
+    """A leading '/', empty and '.' segments and decomposed Unicode name the same place as their
+    one spelling: the grant answers that spelling, and data written either way lands there."""
+    decomposed = "cafe\u0301"  # "café" as macOS file names spell it
+    grant = await storage.stub.CreateGrant(
+        grant_request("alice", access("results", f"/run-1//{decomposed}/./", WRITE), run="accounts/alice/runs/run-1")
+    )
+    assert grant.accesses[0].location == location("results", "run-1/caf\u00e9/")
+    assert grant.accesses[0].local.path == str(storage.objects / "alice" / "results" / "run-1" / "caf\u00e9")
+    await storage.stub.WriteObject(
+        storage_pb2.WriteObjectRequest(
+            parent="accounts/alice", location=location("results", f"//run-1/{decomposed}/./model.bin"), data=b"w"
+        )
+    )
+    assert (storage.objects / "alice" / "results" / "run-1" / "caf\u00e9" / "model.bin").read_bytes() == b"w"
+    listed = await storage.stub.ListObjects(
+        storage_pb2.ListObjectsRequest(parent="accounts/alice", location=location("results", "run-1/café"))
+    )
+    assert [o.key for o in listed.objects] == ["run-1/caf\u00e9/model.bin"]
 
 
 async def test_concurrent_retries_store_one_grant(storage: Storage) -> None:

@@ -443,7 +443,8 @@ def test_garbage_gives_invalid_argument(manifest: str | bytes) -> None:
         ("data: {bucket: UPPER}", "data.bucket"),
         ("data: {bucket: a..b}", "data.bucket"),
         ("data: {prefix: x}", "data.bucket"),
-        ("data: {bucket: abc, prefix: /abs}", "data.prefix"),
+        ("data: {bucket: abc, prefix: /../abs}", "data.prefix"),
+        ("results: {bucket: abc, prefix: a/../b}", "results.prefix"),
         ("data: {bucket: abc, prefix: 'a\\\\b'}", "data.prefix"),
         ('data: {bucket: abc, prefix: "a\\0b"}', "data.prefix"),
         ("data: {bucket: abc, connection: 'Not A Name'}", "data.connection"),
@@ -464,6 +465,22 @@ def test_dlaas_field_refusals(fragment: str, path: str) -> None:
     manifest = f"name: n\nframework: pytorch\ncommand: 'true'\n{fragment}\n"
 
     assert set(violations_of(manifest)) == {path}
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("/datasets//mnist/./train", "datasets/mnist/train"),
+        ("mnist/", "mnist/"),
+        ("./", ""),
+        ("cafe\u0301/v1", "caf\u00e9/v1"),  # decomposed, as macOS writes file names: composed (NFC)
+        ("a..b/c", "a..b/c"),  # dots inside a name are a name
+    ],
+)
+def test_prefixes_are_stored_in_their_one_spelling(written: str, stored: str) -> None:
+    manifest = f"name: n\nframework: pytorch\ncommand: 'true'\ndata: {{bucket: abc, prefix: {json.dumps(written)}}}\n"
+
+    assert parse(manifest).spec.training_data.prefix == stored
 
 
 def test_framework_refusals() -> None:

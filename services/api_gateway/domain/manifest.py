@@ -29,6 +29,7 @@ from yaml.reader import Reader
 from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 
+from dlaas import keys as object_keys
 from dlaas.types.v1 import run_pb2
 from services.common.errors import FieldViolation, InvalidArgument
 from services.common.names import is_id
@@ -527,9 +528,11 @@ def _bucket(check: _Checker, value: object, path: str) -> str:
 
 
 def _prefix(check: _Checker, value: object, path: str) -> str:
-    prefix = check.string(value, path, limit=MAX_PREFIX_CHARS)
-    if ".." in prefix or prefix.startswith("/") or "\\" in prefix or "\0" in prefix:
-        check.add(path, "must be a key prefix inside the bucket: no leading '/', no '..', no '\\', no NUL.")
+    """A key prefix in its one spelling (`dlaas.keys`): "/data//mnist/./" is "data/mnist/"."""
+    prefix = object_keys.normalize(check.string(value, path, limit=MAX_PREFIX_CHARS))
+    why = object_keys.problem(prefix)
+    if why:
+        check.add(path, why)
     return prefix
 
 

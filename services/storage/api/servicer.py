@@ -13,6 +13,7 @@ from services.common.timeutil import to_timestamp
 from services.storage.domain.broker import StorageBroker
 from services.storage.domain.connections import CreateConnection
 from services.storage.domain.grants import CreateGrant
+from services.storage.domain.locations import normalized
 from services.storage.domain.model import (
     Access,
     AccessMode,
@@ -128,7 +129,8 @@ def _connection(connection: Connection) -> storage_pb2.Connection:
 
 
 def _location(location: run_pb2.ObjectLocation) -> Location:
-    return Location(connection=location.connection, bucket=location.bucket, prefix=location.prefix)
+    """A location as the domain takes it: its prefix in its one spelling (`dlaas.keys`)."""
+    return normalized(Location(connection=location.connection, bucket=location.bucket, prefix=location.prefix))
 
 
 def _location_proto(location: Location) -> run_pb2.ObjectLocation:

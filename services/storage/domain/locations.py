@@ -3,21 +3,21 @@
 Bucket names follow S3's rules (3-63 characters; lowercase letters, digits, dots, hyphens; a
 letter or digit at each end; no `..`; not an IP address), plus underscores, which FfDL's
 historical container names use. Prefixes and keys are S3 keys that are also safe as relative
-paths on a filesystem: nothing that could climb out of the bucket or be read two ways.
+paths on a filesystem, normalized and checked by the rules of `dlaas.keys`: nothing that could
+climb out of the bucket or be read two ways.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
+from dlaas import keys
 from services.common.errors import FieldViolation
 from services.storage.domain.model import Location
 
-MAX_KEY_BYTES = 1024
-
 _BUCKET_CHARS = re.compile(r"^[a-z0-9._-]+$")
 _IP_ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def bucket_violations(bucket: str, field: str) -> list[FieldViolation]:
@@ -40,32 +40,14 @@ def bucket_violations(bucket: str, field: str) -> list[FieldViolation]:
 
 
 def prefix_violations(prefix: str, field: str, *, is_key: bool = False) -> list[FieldViolation]:
-    """Problems with a key prefix (or, with `is_key`, a full object key)."""
+    """Problems with a normalized key prefix (or, with `is_key`, a full object key)."""
+    why = keys.problem(prefix, is_key=is_key)
+    return [FieldViolation(field, why)] if why else []
 
-    def bad(description: str) -> list[FieldViolation]:
-        return [FieldViolation(field, description)]
 
-    if is_key and not prefix:
-        return bad("is required: the object's key")
-    if len(prefix.encode()) > MAX_KEY_BYTES:
-        return bad(f"must be at most {MAX_KEY_BYTES} bytes long")
-    if _CONTROL.search(prefix):
-        return bad("must not contain NUL or other control characters")
-    if "\\" in prefix:
-        return bad("must not contain a backslash; separate levels with '/'")
-    if prefix.startswith("/"):
-        return bad("must be relative to the bucket: no leading '/'")
-    if is_key and prefix.endswith("/"):
-        return bad("must name an object, not end with '/'")
-    segments = prefix.split("/")
-    if segments[-1] == "":
-        segments.pop()  # "data/" names the same level as "data"
-    for segment in segments:
-        if segment in (".", ".."):
-            return bad(f"must not contain a '{segment}' path segment")
-        if segment == "":
-            return bad("must not contain empty path segments ('//')")
-    return []
+def normalized(location: Location) -> Location:
+    """`location` with its prefix in the one spelling of `dlaas.keys` (checked afterwards)."""
+    return replace(location, prefix=keys.normalize(location.prefix))
 
 
 def location_violations(location: Location | None, field: str, *, is_key: bool = False) -> list[FieldViolation]:
