@@ -18,6 +18,9 @@ from services.api_gateway.domain.manifest import (
     MAX_MANIFEST_BYTES,
     InlineConnection,
     ParsedManifest,
+    _FastLoader,
+    _load,
+    _ManifestLoader,
     inline_connection_name,
     parse_manifest,
 )
@@ -626,3 +629,55 @@ def test_documented_normalized_forms_match() -> None:
 
     assert specs == [parse(manifests[0]).spec, parse(manifests[2]).spec, parse(manifests[3]).spec]
     assert manifests[2].strip() == FFDL_MANIFEST.strip() and manifests[3].strip() == WML_MANIFEST.strip()
+
+
+def _loaded(loader: type[Any], text: str) -> tuple[str, object]:
+    try:
+        return "value", _load(loader, text)
+    except Exception as exc:
+        return "error", type(exc).__name__
+
+
+def _typed(value: object) -> object:
+    """`value` with every scalar's type beside it (1, 1.0 and True are equal in Python)."""
+    if isinstance(value, dict):
+        return [(_typed(k), _typed(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, repr(value), getattr(value, "text", None))  # repr: nan is nan
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.dictionaries(_KEYS, _VALUES, max_size=8).map(yaml.safe_dump),
+        st.dictionaries(_KEYS, _VALUES, max_size=8).map(lambda d: yaml.safe_dump(d, default_flow_style=True)),
+        st.dictionaries(_KEYS, _VALUES, max_size=8).map(json.dumps),
+        st.text(max_size=200),
+        st.sampled_from(
+            [
+                "a: 1\na: 2\n",
+                "1: x\n0x1: y\n",
+                "<<: {a: 1}\nb: 2\n",
+                "? [a]\n: b\n",
+                "--- a\n--- b\n",
+                "a: &x 1\nb: *x\n",
+                "a: !!str 1\n",
+                "v: 1.10\nw: 0o17\nx: 1_000\ny: 1:30\nz: .inf\n",
+                "t: yes\nu: ~\nd: 2020-01-01\n",
+                'j: "\\ud83d\\ude00"\n',
+                'k: "\\ud800"\n',
+                "".join("[" * 40) + "".join("]" * 40),
+                "",
+                "# only a comment\n",
+            ]
+        ),
+    )
+)
+def test_the_fast_loader_reads_what_pyyamls_reads_or_leaves_it_to_it(text: str) -> None:
+    """libyaml's events built into values in one pass: where it answers, it answers exactly what
+    PyYAML's own loader (the judge) answers, types and a float's spelling included."""
+    fast, slow = _loaded(_FastLoader, text), _loaded(_ManifestLoader, text)
+    if fast[0] == "value":
+        assert slow[0] == "value", (text, fast, slow)
+        assert _typed(fast[1]) == _typed(slow[1]), text

@@ -22,7 +22,18 @@ from yaml._yaml import CParser
 from yaml.composer import Composer, ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.error import Mark
-from yaml.events import AliasEvent, CollectionStartEvent, Event, NodeEvent, ScalarEvent
+from yaml.events import (
+    AliasEvent,
+    CollectionStartEvent,
+    Event,
+    MappingEndEvent,
+    MappingStartEvent,
+    NodeEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.parser import Parser
 from yaml.reader import Reader
@@ -166,6 +177,18 @@ class _FloatText(float):
     text: str
 
 
+def _check_event(event: Event, depth: int) -> None:
+    """Refuses what a manifest may not use: anchors and aliases (billion laughs), explicit tags,
+    nesting deeper than MAX_NESTING (`depth` is the event's)."""
+    mark: Mark | None = event.start_mark  # type: ignore[assignment]  # the C parser's marks read the same
+    if isinstance(event, AliasEvent) or (isinstance(event, NodeEvent) and event.anchor is not None):
+        raise ComposerError(None, None, "YAML anchors and aliases are not accepted", mark)
+    if isinstance(event, (ScalarEvent, CollectionStartEvent)) and event.tag is not None:
+        raise ComposerError(None, None, "explicit YAML tags are not accepted", mark)
+    if depth >= MAX_NESTING:
+        raise ComposerError(None, None, f"nesting deeper than {MAX_NESTING} levels", mark)
+
+
 class _ManifestChecks(Composer, SafeConstructor, Resolver):
     """SafeLoader's composing and constructing without aliases (billion laughs), explicit tags, deep
     nesting or duplicate keys; the loaders below put a scanner and parser under it."""
@@ -178,14 +201,7 @@ class _ManifestChecks(Composer, SafeConstructor, Resolver):
         Resolver.__init__(self)
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        event = cast(Event, self.peek_event())  # type: ignore[attr-defined]  # the parser's, below
-        mark = cast(Mark | None, event.start_mark)
-        if isinstance(event, AliasEvent) or (isinstance(event, NodeEvent) and event.anchor is not None):
-            raise ComposerError(None, None, "YAML anchors and aliases are not accepted", mark)
-        if isinstance(event, (ScalarEvent, CollectionStartEvent)) and event.tag is not None:
-            raise ComposerError(None, None, "explicit YAML tags are not accepted", mark)
-        if self._depth >= MAX_NESTING:
-            raise ComposerError(None, None, f"nesting deeper than {MAX_NESTING} levels", mark)
+        _check_event(cast(Event, self.peek_event()), self._depth)  # type: ignore[attr-defined]  # the parser's
         self._depth += 1
         try:
             return super().compose_node(parent, index)
@@ -239,18 +255,72 @@ _ManifestChecks.add_constructor(  # type: ignore[type-var]  # the stubs know onl
 )
 
 
+class _Defer(yaml.YAMLError):
+    """The fast path leaves this manifest to `_ManifestLoader`, which judges anything unusual."""
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+_STR = "tag:yaml.org,2002:str"
+
+
 class _FastLoader(CParser, _ManifestChecks):
-    """libyaml (C) scans and parses, about seven times faster than PyYAML's Python scanner; the
-    nodes are composed in Python from its events, so that each passes `compose_node`'s checks
-    (libyaml's own composer, in C, would take aliases as they come)."""
+    """libyaml (C) scans and parses, about seven times faster than PyYAML's Python scanner, and
+    values are built from its events in one pass, each event through `_check_event` (libyaml's own
+    composer, in C, would take aliases as they come). Scalars are resolved and constructed by
+    PyYAML's rules, as `_ManifestLoader` does. Anything unusual (several documents, merge keys,
+    keys that are not scalars, duplicate keys, any error) is left to `_ManifestLoader` by raising a
+    YAMLError, so that the answer, value or refusal, is always the one PyYAML's loader gives."""
 
     def __init__(self, stream: str) -> None:
         CParser.__init__(self, stream)
         _ManifestChecks.__init__(self)
 
-    check_node = Composer.check_node
-    get_node = Composer.get_node
-    get_single_node = Composer.get_single_node
+    def get_single_data(self) -> object:
+        self.get_event()  # StreamStartEvent
+        if self.check_event(StreamEndEvent):
+            return None
+        self.get_event()  # DocumentStartEvent
+        value = self._value(0)
+        self.get_event()  # DocumentEndEvent
+        if not self.check_event(StreamEndEvent):
+            raise _Defer("several documents")
+        return value
+
+    def _value(self, depth: int) -> object:
+        event: Event = self.get_event()  # type: ignore[assignment]  # None only past the stream's end
+        _check_event(event, depth)
+        if isinstance(event, ScalarEvent):
+            return self._scalar(event)[1]
+        if isinstance(event, SequenceStartEvent):
+            items = []
+            while not self.check_event(SequenceEndEvent):
+                items.append(self._value(depth + 1))
+            self.get_event()
+            return items
+        if not isinstance(event, MappingStartEvent):
+            raise _Defer(f"unexpected {type(event).__name__}")
+        mapping: dict[object, object] = {}
+        while not self.check_event(MappingEndEvent):
+            key_event = self.get_event()
+            if not isinstance(key_event, ScalarEvent):
+                raise _Defer("a key that is not a scalar")
+            _check_event(key_event, depth + 1)
+            tag, key = self._scalar(key_event)
+            if tag == _MERGE or key in mapping:  # a key seen before, perhaps spelled otherwise ("1", "0x1")
+                raise _Defer("a merge key or a duplicate key")
+            mapping[key] = self._value(depth + 1)
+        self.get_event()
+        return mapping
+
+    def _scalar(self, event: ScalarEvent) -> tuple[str, object]:
+        tag: str = self.resolve(ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
+        if tag == _STR and event.value.isascii():
+            return tag, event.value  # what `construct_scalar` gives: ASCII holds no surrogates
+        construct = self.yaml_constructors.get(tag)
+        if construct is None:
+            raise _Defer(f"no constructor for {tag}")
+        node = ScalarNode(tag, event.value, cast(Mark, event.start_mark), cast(Mark, event.end_mark), event.style)
+        return tag, construct(self, node)
 
 
 class _ManifestLoader(Reader, Scanner, Parser, _ManifestChecks):
@@ -278,7 +348,7 @@ def _load_document(text: str | bytes) -> Mapping[object, object]:
     try:
         try:
             document = _load(_FastLoader, decoded)
-        except yaml.YAMLError:
+        except Exception:  # noqa: BLE001 - whatever it is, PyYAML's loader judges (and says) it
             document = _load(_ManifestLoader, decoded)  # the same refusal, or what PyYAML reads
     except yaml.MarkedYAMLError as exc:
         raise _whole_manifest(_describe_marked(exc)) from None
