@@ -10,6 +10,7 @@ starts at once); under load batches grow by themselves, no timer involved.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -40,7 +41,8 @@ class GroupWriter(Generic[Item, Result]):
         future.add_done_callback(_retrieved)  # a caller that gave up leaves no "never retrieved" warning
         self._pending.append((item, future))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
+            # A batch is nobody's: written outside any caller's context (its trace, its log bindings).
+            self._writer = asyncio.create_task(self._drain(), context=contextvars.Context())
         # The batch is written whether or not this caller still waits (a cancelled call's row may land,
         # as it could before a commit): shield it, so one caller's cancellation fails nobody else's write.
         return await asyncio.shield(future)

@@ -100,10 +100,17 @@ def status_of(error: DomainError) -> status_pb2.Status:
 
 
 def status_for(exc: BaseException, where: str) -> status_pb2.Status:
-    """The status a call failed by `exc` ends with: a domain error as itself, anything else as an
-    INTERNAL error that names nothing of it (the service logs it)."""
+    """The status a call failed by `exc` ends with: a domain error as itself, a downstream
+    service's error as it came, anything else as an INTERNAL error that names nothing of it (the
+    service logs it)."""
     if isinstance(exc, DomainError):
         return status_of(exc)
+    if isinstance(exc, grpc.aio.AioRpcError):  # a downstream service's answer, as the interceptor passes it on
+        try:
+            passed = rpc_status.from_call(exc)
+        except ValueError:  # details that contradict the call's code or message: the call's own word
+            passed = None
+        return passed or status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")
     log.error("unhandled error in %s", where, exc_info=exc)
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; the service logged it")
 

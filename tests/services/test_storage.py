@@ -419,24 +419,33 @@ def test_prefixes_refused(prefix: str) -> None:
 
 
 async def test_a_location_is_normalized_before_it_is_checked_granted_or_written(storage: Storage) -> None:
-    """A leading '/', empty and '.' segments and decomposed Unicode name the same place as their
-    one spelling: the grant answers that spelling, and data written either way lands there."""
-    decomposed = "cafe\u0301"  # "café" as macOS file names spell it
+    """A leading '/', empty and '.' segments name the same place as the one spelling: the grant
+    answers that spelling, and data written either way lands there. Unicode stays as written; a
+    prefix that names nothing inside the bucket is refused, never taken for the whole bucket."""
     grant = await storage.stub.CreateGrant(
-        grant_request("alice", access("results", f"/run-1//{decomposed}/./", WRITE), run="accounts/alice/runs/run-1")
+        grant_request("alice", access("results", "/run-1//out/./", WRITE), run="accounts/alice/runs/run-1")
     )
-    assert grant.accesses[0].location == location("results", "run-1/caf\u00e9/")
-    assert grant.accesses[0].local.path == str(storage.objects / "alice" / "results" / "run-1" / "caf\u00e9")
-    await storage.stub.WriteObject(
-        storage_pb2.WriteObjectRequest(
-            parent="accounts/alice", location=location("results", f"//run-1/{decomposed}/./model.bin"), data=b"w"
+    assert grant.accesses[0].location == location("results", "run-1/out/")
+    assert grant.accesses[0].local.path == str(storage.objects / "alice" / "results" / "run-1" / "out")
+    decomposed = "cafe\u0301"  # "café" as macOS spells file names: a key of its own
+    for written in (f"//run-1/out/./{decomposed}.bin", f"run-1/out/{decomposed}.bin"):
+        await storage.stub.WriteObject(
+            storage_pb2.WriteObjectRequest(parent="accounts/alice", location=location("results", written), data=b"w")
         )
-    )
-    assert (storage.objects / "alice" / "results" / "run-1" / "caf\u00e9" / "model.bin").read_bytes() == b"w"
     listed = await storage.stub.ListObjects(
-        storage_pb2.ListObjectsRequest(parent="accounts/alice", location=location("results", "run-1/café"))
+        storage_pb2.ListObjectsRequest(parent="accounts/alice", location=location("results", "./run-1//out"))
     )
-    assert [o.key for o in listed.objects] == ["run-1/caf\u00e9/model.bin"]
+    assert [o.key for o in listed.objects] == [f"run-1/out/{decomposed}.bin"]
+    for nothing in ("/", ".", "//./"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await storage.stub.PurgeObjects(
+                storage_pb2.PurgeObjectsRequest(
+                    parent="accounts/alice", location=location("results", nothing), force=True
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "whole bucket" in status_of(caught.value)[1]["location.prefix"]
+    assert (storage.objects / "alice" / "results" / "run-1" / "out" / f"{decomposed}.bin").read_bytes() == b"w"
 
 
 async def test_concurrent_retries_store_one_grant(storage: Storage) -> None:

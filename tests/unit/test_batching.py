@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 
 import pytest
@@ -63,3 +64,23 @@ async def test_a_caller_that_gives_up_does_not_stop_the_batch() -> None:
     release.set()
     assert await patient == 2
     assert written == [1, 2]  # as a commit already on its way would have been
+
+
+async def test_a_batch_is_written_outside_every_callers_context() -> None:
+    """Not in the context of the caller that happened to start the writer: its trace and log
+    bindings are not the batch's."""
+    who: contextvars.ContextVar[str | None] = contextvars.ContextVar("who", default=None)
+    seen: list[str | None] = []
+
+    async def write(items: Sequence[int]) -> list[int | BaseException]:
+        seen.append(who.get())
+        return list(items)
+
+    writer: GroupWriter[int, int] = GroupWriter(write)
+
+    async def call(name: str, item: int) -> int:
+        who.set(name)
+        return await writer.submit(item)
+
+    assert list(await asyncio.gather(call("first", 1), call("second", 2))) == [1, 2]
+    assert seen and set(seen) == {None}

@@ -1,4 +1,4 @@
-"""The one spelling of object keys and prefixes, shared by the CLI, the gateway and storage."""
+"""The one spelling of object keys and prefixes, shared by the gateway and storage."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from dlaas import keys
         ("///a//b///", "a/b/"),
         ("./a/./b/.", "a/b"),
         ("a/", "a/"),
-        ("/", ""),
-        ("cafe\u0301", "caf\u00e9"),
+        ("/", "/"),  # names nothing: left for `problem` to refuse
+        ("./.", "./."),
+        ("cafe\u0301/", "cafe\u0301/"),  # Unicode as written: S3 keys are exact strings
+        (".../a", ".../a"),
         ("..", ".."),  # not made safe: refused by `problem`
         ("a/../b", "a/../b"),
     ],
@@ -38,6 +40,9 @@ def test_normalize(written: str, normal: str) -> None:
         ("x" * 1025, False, "1024 bytes"),
         ("\u00e9" * 513, False, "1024 bytes"),  # 1,026 bytes in UTF-8
         ("", True, "required"),
+        ("/", False, "whole bucket"),
+        ("./", False, "whole bucket"),
+        ("//./", True, "whole bucket"),
         ("dir/", True, "not end with '/'"),
     ],
 )
@@ -46,6 +51,6 @@ def test_problem(text: str, is_key: bool, words: str) -> None:
     assert why is not None and words in why
 
 
-@pytest.mark.parametrize("text", ["", "a", "a/", "a..b/c", ".hidden/x", "x" * 1024, "\u00e9" * 512])
+@pytest.mark.parametrize("text", ["", "a", "a/", "a..b/c", ".hidden/x", "...", "x" * 1024, "\u00e9" * 512])
 def test_acceptable(text: str) -> None:
     assert keys.problem(text) is None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from google.rpc import status_pb2
-from opentelemetry import context as otel_context
+from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
 
 from dlaas.credentials import Headers
@@ -27,14 +28,19 @@ _DETAILS_KEY = "grpc-status-details-bin"
 @dataclass(frozen=True)
 class _Submission:
     request: scheduler_pb2.SubmitRunRequest
-    context: otel_context.Context  # the submitting call's, for the trace of a batch of one
+    context: contextvars.Context  # the submitting call's: a batch of one is sent in it
 
 
 class Submissions:
     """Runs handed to the scheduler. Those that arrive while one SubmitRuns call is answered go
     together in the next (group commit across the hop: one call and one scheduler transaction for
     many). Each caller gets its run, or raises the grpc.aio.AioRpcError that a call for its run
-    alone would have raised, status details included."""
+    alone would have raised, status details included.
+
+    A batch of one is sent in its caller's context (its trace, the account it acts for); a batch
+    of several in a trace of its own, linked to each submission's span, and for no account (the
+    scheduler binds each run's account to its logs). A caller that gives up does not withdraw
+    its run: as with a call already sent, it may be queued (a retry with its request_id finds it)."""
 
     def __init__(self, scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub):
         self._scheduler = scheduler
@@ -42,19 +48,17 @@ class Submissions:
 
     async def submit(self, run: scheduler_pb2.Run, tier: str) -> scheduler_pb2.Run:
         request = scheduler_pb2.SubmitRunRequest(run=run, tier=tier, trace_context=current_carrier())
-        return await self._writer.submit(_Submission(request, otel_context.get_current()))
+        return await self._writer.submit(_Submission(request, contextvars.copy_context()))
 
     async def _send(self, batch: Sequence[_Submission]) -> list[scheduler_pb2.Run | BaseException]:
-        if len(batch) == 1:  # the call belongs to its submission's trace
-            token = otel_context.attach(batch[0].context)
-            try:
-                return await self._call(batch)
-            finally:
-                otel_context.detach(token)
-        # Several traces: the call gets a trace of its own, linked to each submission's span.
-        links = [trace.Link(trace.get_current_span(s.context).get_span_context()) for s in batch]
+        if len(batch) == 1:
+            return await asyncio.create_task(self._call(batch), context=batch[0].context.copy())
+        return await asyncio.create_task(self._call_linked(batch), context=contextvars.Context())
+
+    async def _call_linked(self, batch: Sequence[_Submission]) -> list[scheduler_pb2.Run | BaseException]:
+        links = [trace.Link(s.context.run(_current_span_context)) for s in batch]
         with trace.get_tracer(TRACER).start_as_current_span(
-            "submit runs", context=otel_context.Context(), links=links, attributes={"dlaas.runs": len(batch)}
+            "submit runs", links=links, attributes={"dlaas.runs": len(batch)}
         ):
             return await self._call(batch)
 
@@ -65,10 +69,18 @@ class Submissions:
         return [r.run if r.WhichOneof("result") == "run" else _rpc_error(r.error) for r in response.results]
 
 
+def _current_span_context() -> trace.SpanContext:
+    return trace.get_current_span().get_span_context()
+
+
 def _rpc_error(status: status_pb2.Status) -> grpc.aio.AioRpcError:
     """The error a call ending with `status` raises (what grpc_status.rpc_status reads back)."""
+    code = _CODES.get(status.code)
+    if code is None:  # a code this client does not know: UNKNOWN, as gRPC itself would say
+        code = grpc.StatusCode.UNKNOWN
+        status = status_pb2.Status(code=code_pb2.UNKNOWN, message=status.message, details=status.details)
     return grpc.aio.AioRpcError(
-        _CODES.get(status.code, grpc.StatusCode.UNKNOWN),
+        code,
         grpc.aio.Metadata(),
         grpc.aio.Metadata((_DETAILS_KEY, status.SerializeToString())),
         details=status.message,

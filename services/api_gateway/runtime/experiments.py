@@ -4,7 +4,7 @@ The controller is one loop in the gateway. Each pass, for every running experime
 its trials' runs from the scheduler and their metrics from the gateway's own table, stops ASHA's
 losers (CancelRun with reason EARLY_STOPPED), queues retries of failed trials, submits new
 trials up to max_parallel_runs, and names the best. Everything it decides is written to its
-tables before it acts (a trial row before its SubmitRun, which is idempotent on the run's name;
+tables before it acts (a trial row before its submission, which is idempotent on the run's name;
 a rung's value before the cancel), so a restarted gateway carries on where it stopped.
 One gateway process drives experiments (a lock orders the loop and the API's changes).
 """
