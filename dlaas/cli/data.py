@@ -8,6 +8,8 @@ URLs. It never sees a connection's own keys.
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,52 +93,97 @@ def s3_location(grant: Any) -> Any:
     )
 
 
-def upload_to_grant(directory: Path, grant: Any, label: str) -> None:
-    """DIRECTORY to the grant's location: parallel (multipart for large files), verified, skipping files there."""
+class RenewingGrant:
+    """A CLI transfer's grant on an S3 connection, asked for again as it nears its end: temporary
+    credentials last one STS session (an hour by default) and a grant an hour, less than a large
+    transfer may take. minio asks `__call__` before every request, from any worker thread.
+    Presigned URLs cannot be renewed under a transfer: those grants last their hour."""
+
+    def __init__(self, ask: Callable[[], Any], clock: Callable[[], float] = time.time):
+        self._ask = ask
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.grant = ask()
+        self.asked = 1
+        self.renewal_error: Exception | None = None
+        self._issued_s = clock()
+
+    @property
+    def location(self) -> Any:
+        return s3_location(self.grant)
+
+    def __call__(self) -> Any:
+        with self._lock:
+            expire_s = self.grant.expire_time.ToMilliseconds() / 1000
+            # Renewed with a fifth of its life left (at most five minutes before its end).
+            margin_s = min(RENEW_MARGIN_S, (expire_s - self._issued_s) / 5)
+            if self._clock() >= expire_s - margin_s:
+                try:
+                    self.grant, self._issued_s = self._ask(), self._clock()
+                    self.asked += 1
+                    self.renewal_error = None
+                except Exception as exc:  # noqa: BLE001 - the current one serves until its end, and
+                    self.renewal_error = exc  # is renewed at the next request; `failure` tells why it was not
+            return s3_location(self.grant)
+
+    def failure(self, exc: Exception) -> click.ClickException:
+        """What the CLI says of a transfer that failed, with why the grant was not renewed, if it was not."""
+        why = f" (the grant could not be renewed: {self.renewal_error})" if self.renewal_error else ""
+        return click.ClickException(f"{exc}{why}")
+
+
+RENEW_MARGIN_S = 300
+
+
+def upload_to_grant(directory: Path, grant: RenewingGrant, label: str) -> None:
+    """DIRECTORY to the grant's location: parallel (multipart for large files), verified, skipping
+    files there; on an S3 connection, the grant is asked for again while the upload lasts."""
     from dlaas import transfer, transfer_s3
 
-    if grant.HasField("local"):
-        transfer_tree(directory, Path(grant.local.path), label)
+    if grant.grant.HasField("local"):
+        transfer_tree(directory, Path(grant.grant.local.path), label)
         return
-    location = s3_location(grant)
+    location = grant.location
     total = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     with progress_bar(label, total) as (advance, _):
         try:
-            stats = transfer_s3.upload_tree(directory, location, on_bytes=advance)
+            stats = transfer_s3.upload_tree(directory, location, on_bytes=advance, fresh=grant)
         except transfer.TransferError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise grant.failure(exc) from exc
     click.echo(_summary(label, stats, f"{location.bucket}/{location.prefix}".rstrip("/")))
 
 
-def download_from_grant(grant: Any, target: Path, label: str) -> None:
-    """Everything under the grant's location into TARGET: parallel ranged GETs, verified, resumable."""
+def download_from_grant(grant: RenewingGrant, target: Path, label: str) -> None:
+    """Everything under the grant's location into TARGET: parallel ranged GETs, verified,
+    resumable; on an S3 connection, the grant is asked for again while the download lasts."""
     from dlaas import transfer, transfer_s3
 
-    if grant.HasField("local"):
-        transfer_tree(Path(grant.local.path), target, label)
+    if grant.grant.HasField("local"):
+        transfer_tree(Path(grant.grant.local.path), target, label)
         return
-    location = s3_location(grant)
     with progress_bar(label, None) as (advance, set_total):
         try:
-            stats = transfer_s3.download_prefix(location, target, on_bytes=advance, on_total=set_total)
+            stats = transfer_s3.download_prefix(
+                grant.location, target, on_bytes=advance, on_total=set_total, fresh=grant
+            )
         except transfer.TransferError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise grant.failure(exc) from exc
     click.echo(_summary(label, stats, str(target)))
 
 
-def download_file_from_grant(grant: Any, target: Path, label: str) -> None:
+def download_file_from_grant(grant: RenewingGrant, target: Path, label: str) -> None:
     """The single object a grant names (its location's prefix is the key) to the file TARGET."""
     from dlaas import transfer, transfer_s3
 
     with progress_bar(label, None) as (advance, _):
         try:
-            if grant.HasField("local"):
-                stats = transfer.copy_file(Path(grant.local.path), target, verify=True, on_bytes=advance)
+            if grant.grant.HasField("local"):
+                stats = transfer.copy_file(Path(grant.grant.local.path), target, verify=True, on_bytes=advance)
             else:
-                location = s3_location(grant)
-                stats = transfer_s3.download_object(location, location.prefix, target, on_bytes=advance)
+                location = grant.location
+                stats = transfer_s3.download_object(location, location.prefix, target, on_bytes=advance, fresh=grant)
         except transfer.TransferError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise grant.failure(exc) from exc
     click.echo(f"{label}: {stats.bytes or target.stat().st_size} bytes to {target}")
 
 
@@ -164,12 +211,15 @@ def data_upload(directory: Path, dest: str, connection: str) -> None:
     from dlaas.cli.client import fail, stub
     from dlaas.gateway.v1 import gateway_pb2
 
-    try:
-        grant = stub().CreateDataGrant(
+    def ask() -> Any:
+        return stub().CreateDataGrant(
             gateway_pb2.CreateDataGrantRequest(
                 location=_location(dest, connection), mode=gateway_pb2.DATA_ACCESS_MODE_WRITE
             )
         )
+
+    try:
+        grant = RenewingGrant(ask)
     except grpc.RpcError as exc:
         fail(exc)
     upload_to_grant(directory, grant, f"upload to {dest}")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from dlaas.cli.app import OUTPUT, cli
-from dlaas.cli.data import download_file_from_grant, download_from_grant
+from dlaas.cli.data import RenewingGrant, download_file_from_grant, download_from_grant
 
 
 def _pack(code_dir: Path) -> bytes:
@@ -251,13 +251,15 @@ def download(run: str, target: Path | None) -> None:
 
     client = stub()
     try:
-        grant = client.CreateRunResultsGrant(gateway_pb2.CreateRunResultsGrantRequest(name=run))
+        results = RenewingGrant(
+            lambda: client.CreateRunResultsGrant(gateway_pb2.CreateRunResultsGrantRequest(name=run))
+        )
     except grpc.RpcError as exc:
         fail(exc)
     target = target or Path(run.rsplit("/", 1)[-1])
-    download_from_grant(grant, target, f"download {run}")
+    download_from_grant(results, target, f"download {run}")
     try:
-        code = client.CreateRunCodeGrant(gateway_pb2.CreateRunCodeGrantRequest(name=run))
+        code = RenewingGrant(lambda: client.CreateRunCodeGrant(gateway_pb2.CreateRunCodeGrantRequest(name=run)))
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.NOT_FOUND:
             fail(exc)
