@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,8 @@ from minio.error import S3Error
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
+from dlaas.transfer import TransferError
+from dlaas.transfer_s3 import CRC_METADATA, S3Location, download_object
 from dlaas.types.v1 import run_pb2
 from services.common.db import sync_url
 from services.storage.adapters.db import rotate_keys
@@ -537,6 +541,43 @@ async def test_renewing_an_expired_grant_is_refused(
 
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert status_of(refused.value)[0] == "GRANT_EXPIRED"
+
+
+@pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+async def test_an_object_written_by_the_service_carries_the_crc_that_downloads_check(
+    storage_factory: StorageFactory, s3_server: S3Server, store: Store, tmp_path: Path
+) -> None:
+    """WriteObject (model code archives) stores the content's CRC32 as uploads do; a download
+    checks it, and refuses the object once its bytes no longer match."""
+    storage = await storage_factory(encryption_key=KEY_A)
+    await _register(storage, s3_server)
+    data = os.urandom(100_000)
+    where = run_pb2.ObjectLocation(connection="rgw", bucket=store.data, prefix="code/run-1/model.tar.gz")
+    await storage.stub.WriteObject(storage_pb2.WriteObjectRequest(parent="accounts/alice", location=where, data=data))
+
+    stored = store.admin.stat_object(store.data, "code/run-1/model.tar.gz")
+    assert stored.metadata is not None and stored.metadata.get(CRC_METADATA) == f"{zlib.crc32(data):08x}"
+    location = S3Location(
+        endpoint=s3_server.url,
+        region=REGION,
+        bucket=store.data,
+        prefix="code/run-1/model.tar.gz",
+        access_key_id=s3_server.admin.access_key,
+        secret_access_key=s3_server.admin.secret_key,
+    )
+    download_object(location, location.prefix, tmp_path / "code.tgz")
+    assert (tmp_path / "code.tgz").read_bytes() == data
+    # Same key, other bytes, the CRC left as it was: the download refuses them.
+    tampered = bytes([data[0] ^ 1]) + data[1:]
+    store.admin.put_object(
+        store.data,
+        "code/run-1/model.tar.gz",
+        io.BytesIO(tampered),
+        len(tampered),
+        metadata={CRC_METADATA: f"{zlib.crc32(data):08x}"},
+    )
+    with pytest.raises(TransferError, match="CRC32"):
+        download_object(location, location.prefix, tmp_path / "again.tgz")
 
 
 # --- purges ---------------------------------------------------------------------------------

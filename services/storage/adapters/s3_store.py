@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import logging
+import zlib
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from minio import Minio
 from minio.datatypes import PostPolicy
 from minio.error import S3Error
 
+from dlaas.transfer_s3 import CRC_METADATA
 from services.common.errors import FailedPrecondition
 from services.common.timeutil import now_ms
 from services.storage.adapters import aws_query
@@ -285,12 +287,12 @@ class S3ObjectStore:
 
     def _write_object(self, location: Location, data: bytes) -> ObjectMeta:
         digest = hashlib.sha256(data).hexdigest()
+        # The content's CRC32 as our uploads store it: downloads (the runner's of model code) check it.
+        metadata: dict[str, str | list[str] | tuple[str]] = {"sha256": digest, CRC_METADATA: f"{zlib.crc32(data):08x}"}
         try:
             if not self._client.bucket_exists(location.bucket):
                 self._client.make_bucket(location.bucket)
-            self._client.put_object(
-                location.bucket, location.prefix, io.BytesIO(data), len(data), metadata={"sha256": digest}
-            )
+            self._client.put_object(location.bucket, location.prefix, io.BytesIO(data), len(data), metadata=metadata)
         except S3Error as exc:
             raise self._refused(exc) from None
         return ObjectMeta(location.bucket, location.prefix, len(data), digest, now_ms())
