@@ -1,8 +1,9 @@
 """make bench-submit: concurrent clients submitting runs through the gateway of the embedded default.
 
-Each submission is parsed and validated, stored by the gateway (idempotent on request_id) and
-queued by the scheduler (a decision round follows each arrival). One virtual GPU, held by a
-long first run, keeps every other run queued, so nothing but submission is measured.
+Each submission is authenticated, parsed and validated, stored by the gateway (idempotent on
+request_id) and queued by the scheduler (the gateway sends the submissions that arrive together
+in one SubmitRuns call). One virtual GPU, held by a long first run, keeps every other run queued
+(an arrival while no GPU is free wakes no decision round), so nothing but submission is measured.
 
 Last line: `submissions_per_s=… p50_ms=… p99_ms=…`.
 """
