@@ -34,7 +34,7 @@ _CHUNK = 1 << 20
 # links, too many links, or fs.protected_hardlinks refusing a file we do not own.
 _LINK_FALLBACK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES})
 
-Placed = Literal["copied", "linked", "skipped"]
+Placed = Literal["copied", "linked", "skipped", "resumed"]
 
 
 class TransferError(Exception):
@@ -45,15 +45,17 @@ class TransferError(Exception):
 class TransferStats:
     """What a transfer did.
 
-    ``files`` and ``bytes`` count the files written to the destination (copied or linked) and
-    their size; ``linked`` is how many of those were hard links; ``skipped`` counts files that
-    were already at the destination with the same content.
+    ``files`` and ``bytes`` count the files written to the destination (copied, linked or
+    resumed) and their size; ``linked`` is how many of those were hard links, ``resumed`` how
+    many were uploads an earlier attempt had begun, finished with the parts it left; ``skipped``
+    counts files that were already at the destination with the same content.
     """
 
     files: int = 0
     bytes: int = 0
     skipped: int = 0
     linked: int = 0
+    resumed: int = 0
 
     def add(self, outcome: Placed, size: int) -> None:
         if outcome == "skipped":
@@ -63,6 +65,8 @@ class TransferStats:
         self.bytes += size
         if outcome == "linked":
             self.linked += 1
+        if outcome == "resumed":
+            self.resumed += 1
 
 
 def safe_relpath(key: str) -> PurePosixPath:

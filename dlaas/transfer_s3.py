@@ -26,6 +26,7 @@ the whole.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -775,7 +776,8 @@ def upload_tree(
         ]
         outcomes = _run_all(pool, futures)
     # Large files one at a time, each with all workers on its parts.
-    outcomes += [_put(s3, location.bucket, path, key, there.get(key), workers, progress) for path, key in big]
+    journal = UploadJournal.of(location)
+    outcomes += [_put(s3, location.bucket, path, key, there.get(key), workers, progress, journal) for path, key in big]
     for outcome, size in outcomes:
         stats.add(outcome, size)
     return stats
@@ -790,7 +792,7 @@ def upload_file(
         stats.add(*_post(_post_pool(workers), location, path, key, lambda count: None))
         return stats
     s3 = client(location, workers, fresh)
-    stats.add(*_put(s3, location.bucket, path, key, None, workers, lambda count: None))
+    stats.add(*_put(s3, location.bucket, path, key, None, workers, lambda count: None, UploadJournal.of(location)))
     return stats
 
 
@@ -802,8 +804,9 @@ def _put(
     there: tuple[int, str] | None,
     parallel: int,
     progress: Callable[[int], None],
+    journal: UploadJournal | None = None,
 ) -> tuple[Placed, int]:
-    """One file, with its CRC32 as metadata.
+    """One file, with its CRC32 as metadata (a large one resumable through `journal`).
 
     Verified as it is sent: the store checks each request's body against the hash minio sends
     with it (`x-amz-content-sha256` over HTTP, `Content-MD5` over HTTPS) and refuses a mismatch
@@ -836,38 +839,204 @@ def _put(
             crc = ahead.crc
         else:
             crc = _file_crc(path, size, parallel)
-        sent = _Crc()
-        with open(path, "rb") as stream:
-            s3.put_object(
-                bucket,
-                key,
-                _Counting(stream, progress, sent),
-                size,
-                part_size=PART_SIZE,
-                num_parallel_uploads=max(1, parallel),
-                metadata={CRC_METADATA: _crc_text(crc)},
-            )
+        outcome = _multipart(s3, bucket, key, path, size, crc, parallel, progress, journal or UploadJournal(""))
+    except TransferError:
+        raise
     except OSError as exc:
         raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except Exception as exc:
         raise _s3_failure("upload", f"{bucket}/{key}", exc) from exc
-    if sent.size != size or sent.crc != crc:
-        # Stored with a CRC32 its content does not have: downloads refuse it; the next upload
-        # replaces it (_stored_crc_agrees).
+    return outcome, size
+
+
+class UploadJournal:
+    """Where this machine notes the multipart uploads it has begun, until they complete: the next
+    attempt resumes one even where the store will not list a bucket's unfinished uploads (a
+    grant's session policy lets it list the parts of an upload under its prefix, not the bucket's
+    uploads, which would show other runs' keys). In `DLAAS_TRANSFER_STATE_DIR`, else the user's
+    cache (`~/.cache/dlaas/uploads`); one small file an upload in progress, named by a hash of
+    endpoint, bucket and key, holding the upload id. Where it cannot be written, uploads still
+    work; they resume only what the store lists."""
+
+    def __init__(self, endpoint: str, root: Path | None = None):
+        self._endpoint = endpoint
+        self._root = root
+
+    @classmethod
+    def of(cls, location: S3Location) -> UploadJournal:
+        return cls(location.endpoint)
+
+    @property
+    def root(self) -> Path:
+        if self._root is not None:
+            return self._root
+        configured = os.environ.get("DLAAS_TRANSFER_STATE_DIR")
+        if configured:
+            return Path(configured)
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache) / "dlaas" / "uploads"
+
+    def _file(self, bucket: str, key: str) -> Path:
+        digest = hashlib.sha256(f"{self._endpoint}\n{bucket}\n{key}".encode()).hexdigest()
+        return self.root / f"{digest}.json"
+
+    def noted(self, bucket: str, key: str) -> str | None:
+        if not self._endpoint:
+            return None
+        try:
+            upload_id = json.loads(self._file(bucket, key).read_text())["upload_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return upload_id if isinstance(upload_id, str) and upload_id else None
+
+    def note(self, bucket: str, key: str, upload_id: str) -> None:
+        if not self._endpoint:
+            return
+        target = self._file(bucket, key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            temporary = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            temporary.write_text(json.dumps({"upload_id": upload_id, "bucket": bucket, "key": key}))
+            temporary.replace(target)
+        except OSError:
+            pass  # no note: a later attempt resumes only what the store lists
+
+    def forget(self, bucket: str, key: str) -> None:
+        if self._endpoint:
+            with contextlib.suppress(OSError):
+                self._file(bucket, key).unlink(missing_ok=True)
+
+
+def _part_ranges(size: int) -> list[tuple[int, int, int]]:
+    """(part number, offset, length) of each PART_SIZE part of a file of `size` bytes."""
+    return [
+        (index + 1, offset, min(PART_SIZE, size - offset)) for index, offset in enumerate(range(0, size, PART_SIZE))
+    ]
+
+
+def _multipart(
+    s3: Any,
+    bucket: str,
+    key: str,
+    path: Path,
+    size: int,
+    crc: int,
+    parallel: int,
+    progress: Callable[[int], None],
+    journal: UploadJournal,
+) -> Placed:
+    """A large file as a multipart upload, its parts sent `parallel` at a time, resuming an upload
+    an earlier attempt left unfinished (killed, or cut off from the store; noted in `journal`, or
+    listed by the store where the credentials may list a bucket's uploads): its parts whose bytes
+    are this file's (their ETag is the MD5 of the same range) are kept, the others sent.
+
+    A failed attempt leaves its upload for the next one to resume, as minio's put_object would not
+    (it aborts). The CRC32 metadata is the upload's from its start: a resumed upload whose file
+    has changed since ends with a stale CRC32, so it is checked once complete, and the file sent
+    again whole if it differs. The CRC32 of the bytes read for sending (and of the parts kept) is
+    checked against `crc`: a file that changes during the upload fails it.
+    """
+    from minio.datatypes import Part
+
+    ranges = _part_ranges(size)
+    upload_id, kept = _unfinished_upload(s3, journal, bucket, key, path, ranges, parallel)
+    resumed = upload_id is not None
+    if upload_id is None:
+        headers = {"Content-Type": "application/octet-stream", CRC_METADATA: _crc_text(crc)}
+        upload_id = s3._create_multipart_upload(bucket, key, headers)
+        journal.note(bucket, key, upload_id)
+    etags: dict[int, str] = {number: etag for number, (etag, _) in kept.items()}
+    crcs: dict[int, int] = {number: part_crc for number, (_, part_crc) in kept.items()}
+    for number, _, length in ranges:
+        if number in kept:
+            progress(length)
+
+    with open(path, "rb") as stream:
+        fd = stream.fileno()
+
+        def send(number: int, offset: int, length: int) -> None:
+            data = os.pread(fd, length, offset)
+            if len(data) != length:
+                raise TransferError(f"{path} changed while it was uploaded to {bucket}/{key}")
+            crcs[number] = zlib.crc32(data)
+            etags[number] = s3._upload_part(bucket, key, data, None, upload_id, number)
+            progress(length)
+
+        with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="s3-part") as pool:
+            _run_all(pool, [pool.submit(send, *r) for r in ranges if r[0] not in kept])
+    whole = crcs[1]
+    for number, _, length in ranges[1:]:
+        whole = crc32_combine(whole, crcs[number], length)
+    if whole != crc:
+        s3._abort_multipart_upload(bucket, key, upload_id)
+        journal.forget(bucket, key)
         raise TransferError(f"{path} changed while it was uploaded to {bucket}/{key}")
-    return "copied", size
+    s3._complete_multipart_upload(bucket, key, upload_id, [Part(n, etags[n]) for n, _, _ in ranges])
+    journal.forget(bucket, key)
+    if resumed and not _stored_crc_agrees(s3, bucket, key, crc):
+        # Begun for other content (the file changed between the attempts): its CRC32 is stale.
+        _multipart(s3, bucket, key, path, size, crc, parallel, lambda count: None, journal)
+        return "copied"
+    return "resumed" if resumed else "copied"
 
 
-class _Crc:
-    """The CRC32 and size of the bytes that go by."""
+def _unfinished_upload(
+    s3: Any,
+    journal: UploadJournal,
+    bucket: str,
+    key: str,
+    path: Path,
+    ranges: list[tuple[int, int, int]],
+    parallel: int,
+) -> tuple[str | None, dict[int, tuple[str, int]]]:
+    """The unfinished upload to `key` to resume (the one `journal` noted, else the latest the store
+    lists) and, by part number, the ETag and CRC32 of its parts that hold this file's bytes. Other
+    unfinished uploads to `key` the store lists are aborted. None found: (None, {})."""
+    from minio.error import S3Error
 
-    def __init__(self) -> None:
-        self.crc = 0
-        self.size = 0
+    try:
+        listing = s3._list_multipart_uploads(bucket, prefix=key)
+        uploads = sorted(
+            (u for u in listing.uploads if u.object_name == key),
+            key=lambda u: u.initiated_time.timestamp() if u.initiated_time else 0.0,
+        )
+        listed = [u.upload_id for u in uploads]
+    except S3Error:
+        listed = []  # a grant's credentials list the parts of an upload, not a bucket's uploads
+    upload_id = journal.noted(bucket, key) or (listed[-1] if listed else None)
+    for stale in listed:
+        if stale != upload_id:
+            s3._abort_multipart_upload(bucket, key, stale)
+    if upload_id is None:
+        return None, {}
+    stored: dict[int, tuple[str, int]] = {}
+    marker: str | None = None
+    while True:
+        try:
+            page = s3._list_parts(bucket, key, upload_id, part_number_marker=marker)
+        except S3Error as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+            journal.forget(bucket, key)  # finished or aborted since it was noted
+            return None, {}
+        stored.update({p.part_number: ((p.etag or "").strip('"'), p.size or 0) for p in page.parts})
+        if not page.is_truncated:
+            break
+        marker = str(page.next_part_number_marker)
+    expected = {number: (offset, length) for number, offset, length in ranges}
+    candidates = [n for n, (_, stored_size) in stored.items() if n in expected and expected[n][1] == stored_size]
 
-    def update(self, data: bytes | memoryview) -> None:
-        self.crc = zlib.crc32(data, self.crc)
-        self.size += len(data)
+    def check(number: int) -> tuple[int, tuple[str, int] | None]:
+        offset, length = expected[number]
+        with open(path, "rb") as stream:
+            data = os.pread(stream.fileno(), length, offset)
+        if hashlib.md5(data, usedforsecurity=False).hexdigest() != stored[number][0]:
+            return number, None
+        return number, (stored[number][0], zlib.crc32(data))
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="s3-part-check") as pool:
+        checked = _run_all(pool, [pool.submit(check, n) for n in candidates])
+    return upload_id, {number: kept for number, kept in checked if kept is not None}
 
 
 def _stored_crc_agrees(s3: Any, bucket: str, key: str, crc: int) -> bool:
@@ -945,20 +1114,3 @@ def _policy_names(post_fields: tuple[tuple[str, str], ...], name: str) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return False
-
-
-class _Counting:
-    """A file reader that reports the bytes read and takes their CRC32 (minio reads parts through it, in order)."""
-
-    def __init__(self, stream: Any, progress: Callable[[int], None], digest: _Crc):
-        self._stream = stream
-        self._progress = progress
-        self._digest = digest
-        self._lock = threading.Lock()
-
-    def read(self, size: int = -1) -> bytes:
-        with self._lock:
-            data: bytes = self._stream.read(size)
-            self._digest.update(data)
-        self._progress(len(data))
-        return data

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 import uuid
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ from services.storage.settings import StorageSettings
 
 # ---- the platform's service token: every service started by a test (in this process or as a
 # child process, which inherits the environment) shares it, as `dlaas up` arranges ------------
+# Uploads note their unfinished multipart uploads here, not in the user's cache.
+os.environ.setdefault("DLAAS_TRANSFER_STATE_DIR", tempfile.mkdtemp(prefix="dlaas-test-uploads-"))
 SERVICE_TOKEN = os.environ.setdefault("DLAAS_SERVICE_TOKEN", "test-service-" + uuid.uuid4().hex)
 
 

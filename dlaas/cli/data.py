@@ -42,8 +42,11 @@ def progress_bar(label: str, total: int | None) -> Iterator[tuple[Callable[[int]
 
 
 def _summary(label: str, stats: Any, target: str) -> str:
+    notes = [f"{stats.skipped} already there"] if stats.skipped else []
+    if getattr(stats, "resumed", 0):
+        notes.append(f"{stats.resumed} resumed from an earlier attempt")
     return f"{label}: {stats.files} file(s), {stats.bytes} bytes to {target}" + (
-        f" ({stats.skipped} already there)" if stats.skipped else ""
+        f" ({', '.join(notes)})" if notes else ""
     )
 
 

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from dlaas.storage.v1 import storage_pb2, storage_pb2_grpc
 from dlaas.transfer import TransferError
-from dlaas.transfer_s3 import CRC_METADATA, S3Location, download_object
+from dlaas.transfer_s3 import CRC_METADATA, PART_SIZE, S3Location, UploadJournal, download_object, upload_file
 from dlaas.types.v1 import run_pb2
 from services.common.db import sync_url
 from services.storage.adapters.db import rotate_keys
@@ -578,6 +578,44 @@ async def test_an_object_written_by_the_service_carries_the_crc_that_downloads_c
     )
     with pytest.raises(TransferError, match="CRC32"):
         download_object(location, location.prefix, tmp_path / "again.tgz")
+
+
+@pytest.mark.parametrize("databases", ["sqlite"], indirect=True)
+async def test_a_write_grant_may_resume_an_upload_it_left_unfinished(
+    storage_factory: StorageFactory, s3_server: S3Server, store: Store, tmp_path: Path
+) -> None:
+    """A grant's holder may not list the bucket's unfinished uploads (that would show other runs'
+    keys), but may list the parts of its own: an upload cut off midway, noted on this machine,
+    resumes under the grant."""
+    storage = await storage_factory(encryption_key=KEY_A)
+    await _register(storage, s3_server)
+    grant = await storage.stub.CreateGrant(_run_grant(store, "run-r"))
+    s3 = grant.accesses[1].s3
+    location = S3Location(
+        endpoint=s3_server.url,
+        region=REGION,
+        bucket=store.results,
+        prefix="run-r",
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+        session_token=s3.session_token,
+    )
+    path = tmp_path / "big.bin"
+    data = os.urandom(2 * PART_SIZE + 7)
+    path.write_bytes(data)
+    holder = _as_holder(s3_server, grant.accesses[1])
+    headers: dict[str, str | list[str] | tuple[str]] = {CRC_METADATA: f"{zlib.crc32(data):08x}"}
+    started = holder._create_multipart_upload(store.results, "run-r/big.bin", headers)
+    holder._upload_part(store.results, "run-r/big.bin", data[:PART_SIZE], None, started, 1)
+    # What an attempt cut off after its first part leaves: the upload, and this machine's note of it.
+    UploadJournal.of(location).note(store.results, "run-r/big.bin", started)
+
+    stats = await asyncio.to_thread(upload_file, path, location, "run-r/big.bin")
+
+    assert (stats.files, stats.resumed) == (1, 1)
+    assert store.admin.get_object(store.results, "run-r/big.bin").read() == data
+    assert UploadJournal.of(location).noted(store.results, "run-r/big.bin") is None  # done: forgotten
+    assert _denied(lambda: holder._list_multipart_uploads(store.results, prefix="run-r/"))
 
 
 # --- purges ---------------------------------------------------------------------------------

@@ -383,3 +383,91 @@ def test_an_upload_whose_bytes_differ_from_what_was_hashed_is_refused_by_the_sto
     with pytest.raises(TransferError, match=r"upload .*XAmzContentSHA256Mismatch"):
         transfer_s3.upload_tree(tmp_path / "src", location, "in")
     assert [o.object_name for o in admin.list_objects(location.bucket, prefix="set/", recursive=True)] == []
+
+
+def _parts_sent(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> list[int]:
+    """The part numbers the uploads send from now on (observed on minio's own call); with
+    `fail_at`, sending that part fails as a cut connection would."""
+    sent: list[int] = []
+    original = Minio._upload_part
+
+    def observed(self: Minio, bucket: str, key: str, data: bytes, headers: Any, upload_id: str, number: int) -> str:
+        if number == fail_at:
+            raise urllib3.exceptions.ProtocolError("connection reset by peer")
+        sent.append(number)
+        return original(self, bucket, key, data, headers, upload_id, number)
+
+    monkeypatch.setattr(Minio, "_upload_part", observed)
+    return sent
+
+
+def test_an_upload_cut_off_midway_resumes_with_the_parts_it_had_not_sent(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin, location = bucket
+    path = tmp_path / "big.bin"
+    data = os.urandom(4 * transfer_s3.PART_SIZE + 100)  # five parts
+    path.write_bytes(data)
+    sent = _parts_sent(monkeypatch, fail_at=4)
+
+    with pytest.raises(TransferError):
+        transfer_s3.upload_file(path, location, "set/big.bin", workers=1)
+    left = admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
+    first = list(sent)
+    assert len(left) == 1 and first[:3] == [1, 2, 3] and 4 not in first  # the parts sent stay on the store
+
+    monkeypatch.undo()
+    sent = _parts_sent(monkeypatch)
+    moved: list[int] = []
+    stats = transfer_s3.upload_file(path, location, "set/big.bin", workers=2)
+
+    assert sorted(sent) == [n for n in range(1, 6) if n not in first]
+    assert (stats.files, stats.resumed, stats.bytes) == (1, 1, len(data))
+    assert not admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
+    transfer_s3.download_object(location, "set/big.bin", tmp_path / "back", on_bytes=moved.append)
+    assert (tmp_path / "back").read_bytes() == data  # and its CRC32, checked by the download, is right
+    assert sum(moved) == len(data)
+
+
+def test_a_resumed_upload_sends_again_the_parts_whose_bytes_are_not_this_files(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file changed between the attempts: parts that differ are sent again, and the object,
+    begun with the old content's CRC32, ends with the new one's."""
+    admin, location = bucket
+    path = tmp_path / "big.bin"
+    old = os.urandom(3 * transfer_s3.PART_SIZE)
+    path.write_bytes(old)
+    sent = _parts_sent(monkeypatch, fail_at=3)
+    with pytest.raises(TransferError):
+        transfer_s3.upload_file(path, location, "set/big.bin", workers=1)
+    new = old[: transfer_s3.PART_SIZE] + os.urandom(2 * transfer_s3.PART_SIZE)  # part 1 the same, part 2 not
+    path.write_bytes(new)
+
+    monkeypatch.undo()
+    sent = _parts_sent(monkeypatch)
+    stats = transfer_s3.upload_file(path, location, "set/big.bin", workers=2)
+
+    assert sorted(sent[:2]) == [2, 3] and sorted(sent[2:]) == [1, 2, 3]  # resumed (part 1 kept), then whole
+    assert stats.files == 1 and stats.resumed == 0  # then sent again whole, for a CRC32 of this content
+    stored = admin.stat_object(location.bucket, "set/big.bin")
+    assert stored.metadata is not None
+    assert stored.metadata.get(transfer_s3.CRC_METADATA) == f"{zlib.crc32(new):08x}"
+    transfer_s3.download_object(location, "set/big.bin", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == new
+    assert not admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
+
+
+def test_older_unfinished_uploads_of_the_same_key_are_aborted(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location]
+) -> None:
+    admin, location = bucket
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(2 * transfer_s3.PART_SIZE + 1))
+    for _ in range(3):
+        admin._create_multipart_upload(location.bucket, "set/big.bin", {"Content-Type": "application/octet-stream"})
+
+    transfer_s3.upload_file(path, location, "set/big.bin")
+
+    assert not admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
+    assert admin.stat_object(location.bucket, "set/big.bin").size == path.stat().st_size
