@@ -850,13 +850,13 @@ def _put(
 
 
 class UploadJournal:
-    """Where this machine notes the multipart uploads it has begun, until they complete: the next
-    attempt resumes one even where the store will not list a bucket's unfinished uploads (a
-    grant's session policy lets it list the parts of an upload under its prefix, not the bucket's
-    uploads, which would show other runs' keys). In `DLAAS_TRANSFER_STATE_DIR`, else the user's
-    cache (`~/.cache/dlaas/uploads`); one small file an upload in progress, named by a hash of
-    endpoint, bucket and key, holding the upload id. Where it cannot be written, uploads still
-    work; they resume only what the store lists."""
+    """Where this machine notes the multipart uploads it has begun, until they complete, so that
+    its next attempt resumes one. The store is not asked: a grant's session policy lets its holder
+    list the parts of an upload, not a bucket's unfinished uploads (that would show other runs'
+    keys), and an upload listed there may be another client's. In `DLAAS_TRANSFER_STATE_DIR`, else
+    the user's cache (`~/.cache/dlaas/uploads`): one file (mode 0600) an upload in progress, named
+    by a hash of endpoint, bucket and key, holding the upload id and the CRC32 of the content it
+    was begun for. Where no note can be written, an upload that fails is aborted, not left."""
 
     def __init__(self, endpoint: str, root: Path | None = None):
         self._endpoint = endpoint
@@ -866,45 +866,57 @@ class UploadJournal:
     def of(cls, location: S3Location) -> UploadJournal:
         return cls(location.endpoint)
 
-    @property
-    def root(self) -> Path:
-        if self._root is not None:
-            return self._root
-        configured = os.environ.get("DLAAS_TRANSFER_STATE_DIR")
-        if configured:
-            return Path(configured)
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(cache) / "dlaas" / "uploads"
-
-    def _file(self, bucket: str, key: str) -> Path:
-        digest = hashlib.sha256(f"{self._endpoint}\n{bucket}\n{key}".encode()).hexdigest()
-        return self.root / f"{digest}.json"
-
-    def noted(self, bucket: str, key: str) -> str | None:
+    def _file(self, bucket: str, key: str) -> Path | None:
         if not self._endpoint:
             return None
+        root = self._root
+        if root is None:
+            configured = os.environ.get("DLAAS_TRANSFER_STATE_DIR")
+            try:
+                cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+            except RuntimeError:  # no home directory
+                return None
+            root = Path(configured) if configured else Path(cache) / "dlaas" / "uploads"
+        digest = hashlib.sha256(f"{self._endpoint}\n{bucket}\n{key}".encode()).hexdigest()
+        return root / f"{digest}.json"
+
+    def noted(self, bucket: str, key: str) -> tuple[str, int] | None:
+        """The upload id noted for `key`, with the CRC32 of the content it was begun for."""
+        target = self._file(bucket, key)
+        if target is None:
+            return None
         try:
-            upload_id = json.loads(self._file(bucket, key).read_text())["upload_id"]
+            note = json.loads(target.read_text())
+            upload_id, crc = note["upload_id"], note["crc32"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return upload_id if isinstance(upload_id, str) and upload_id else None
+        if not (isinstance(upload_id, str) and upload_id and isinstance(crc, int)):
+            return None
+        return upload_id, crc
 
-    def note(self, bucket: str, key: str, upload_id: str) -> None:
-        if not self._endpoint:
-            return
+    def note(self, bucket: str, key: str, upload_id: str, crc: int) -> bool:
+        """Notes an upload begun; False where it cannot be noted."""
         target = self._file(bucket, key)
+        if target is None:
+            return False
+        temporary = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temporary = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            temporary.write_text(json.dumps({"upload_id": upload_id, "bucket": bucket, "key": key}))
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as stream:
+                json.dump({"upload_id": upload_id, "crc32": crc, "bucket": bucket, "key": key}, stream)
             temporary.replace(target)
         except OSError:
-            pass  # no note: a later attempt resumes only what the store lists
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            return False
+        return True
 
     def forget(self, bucket: str, key: str) -> None:
-        if self._endpoint:
+        target = self._file(bucket, key)
+        if target is not None:
             with contextlib.suppress(OSError):
-                self._file(bucket, key).unlink(missing_ok=True)
+                target.unlink(missing_ok=True)
 
 
 def _part_ranges(size: int) -> list[tuple[int, int, int]]:
@@ -912,6 +924,10 @@ def _part_ranges(size: int) -> list[tuple[int, int, int]]:
     return [
         (index + 1, offset, min(PART_SIZE, size - offset)) for index, offset in enumerate(range(0, size, PART_SIZE))
     ]
+
+
+class _FileChanged(TransferError):
+    """The file changed while it was uploaded."""
 
 
 def _multipart(
@@ -925,59 +941,62 @@ def _multipart(
     progress: Callable[[int], None],
     journal: UploadJournal,
 ) -> Placed:
-    """A large file as a multipart upload, its parts sent `parallel` at a time, resuming an upload
-    an earlier attempt left unfinished (killed, or cut off from the store; noted in `journal`, or
-    listed by the store where the credentials may list a bucket's uploads): its parts whose bytes
-    are this file's (their ETag is the MD5 of the same range) are kept, the others sent.
+    """A large file as a multipart upload, its parts sent `parallel` at a time, resuming the upload
+    an earlier attempt on this machine left unfinished (killed, or cut off from the store) and
+    noted in `journal`: if it was begun for the same content (the CRC32 it was noted with), its
+    parts whose ETag is the MD5 of the same range of the file now are kept, the others sent. An
+    upload begun for other content (the file changed since) is aborted and a new one begun: its
+    CRC32 metadata, set when it began, would be stale.
 
-    A failed attempt leaves its upload for the next one to resume, as minio's put_object would not
-    (it aborts). The CRC32 metadata is the upload's from its start: a resumed upload whose file
-    has changed since ends with a stale CRC32, so it is checked once complete, and the file sent
-    again whole if it differs. The CRC32 of the bytes read for sending (and of the parts kept) is
-    checked against `crc`: a file that changes during the upload fails it.
+    An attempt that fails leaves its upload, noted, for the next one (minio's put_object aborts);
+    one that could not note it aborts it. The CRC32 of the bytes read for sending (and of the parts
+    kept) is checked against `crc`: a file that changes during the upload fails it.
     """
     from minio.datatypes import Part
 
     ranges = _part_ranges(size)
-    upload_id, kept = _unfinished_upload(s3, journal, bucket, key, path, ranges, parallel)
-    resumed = upload_id is not None
+    upload_id, kept = _unfinished_upload(s3, journal, bucket, key, path, ranges, crc, parallel)
+    noted = upload_id is not None
     if upload_id is None:
         headers = {"Content-Type": "application/octet-stream", CRC_METADATA: _crc_text(crc)}
         upload_id = s3._create_multipart_upload(bucket, key, headers)
-        journal.note(bucket, key, upload_id)
+        noted = journal.note(bucket, key, upload_id, crc)
     etags: dict[int, str] = {number: etag for number, (etag, _) in kept.items()}
     crcs: dict[int, int] = {number: part_crc for number, (_, part_crc) in kept.items()}
     for number, _, length in ranges:
         if number in kept:
             progress(length)
+    try:
+        with open(path, "rb") as stream:
+            fd = stream.fileno()
 
-    with open(path, "rb") as stream:
-        fd = stream.fileno()
+            def send(number: int, offset: int, length: int) -> None:
+                data = os.pread(fd, length, offset)
+                if len(data) != length:
+                    raise _FileChanged(f"{path} changed while it was uploaded to {bucket}/{key}")
+                crcs[number] = zlib.crc32(data)
+                etags[number] = s3._upload_part(bucket, key, data, None, upload_id, number)
+                progress(length)
 
-        def send(number: int, offset: int, length: int) -> None:
-            data = os.pread(fd, length, offset)
-            if len(data) != length:
-                raise TransferError(f"{path} changed while it was uploaded to {bucket}/{key}")
-            crcs[number] = zlib.crc32(data)
-            etags[number] = s3._upload_part(bucket, key, data, None, upload_id, number)
-            progress(length)
-
-        with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="s3-part") as pool:
-            _run_all(pool, [pool.submit(send, *r) for r in ranges if r[0] not in kept])
-    whole = crcs[1]
-    for number, _, length in ranges[1:]:
-        whole = crc32_combine(whole, crcs[number], length)
-    if whole != crc:
-        s3._abort_multipart_upload(bucket, key, upload_id)
-        journal.forget(bucket, key)
-        raise TransferError(f"{path} changed while it was uploaded to {bucket}/{key}")
+            pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="s3-part")
+            try:
+                _run_all(pool, [pool.submit(send, *r) for r in ranges if r[0] not in kept])
+            finally:
+                pool.shutdown(cancel_futures=True)  # Ctrl-C: the parts not yet started are not sent
+        whole = crcs[1]
+        for number, _, length in ranges[1:]:
+            whole = crc32_combine(whole, crcs[number], length)
+        if whole != crc:
+            raise _FileChanged(f"{path} changed while it was uploaded to {bucket}/{key}")
+    except BaseException as exc:
+        if isinstance(exc, _FileChanged) or not noted:  # nothing to resume: the parts would only lie there
+            with contextlib.suppress(Exception):
+                s3._abort_multipart_upload(bucket, key, upload_id)
+            journal.forget(bucket, key)
+        raise
     s3._complete_multipart_upload(bucket, key, upload_id, [Part(n, etags[n]) for n, _, _ in ranges])
     journal.forget(bucket, key)
-    if resumed and not _stored_crc_agrees(s3, bucket, key, crc):
-        # Begun for other content (the file changed between the attempts): its CRC32 is stale.
-        _multipart(s3, bucket, key, path, size, crc, parallel, lambda count: None, journal)
-        return "copied"
-    return "resumed" if resumed else "copied"
+    return "resumed" if kept else "copied"
 
 
 def _unfinished_upload(
@@ -987,27 +1006,22 @@ def _unfinished_upload(
     key: str,
     path: Path,
     ranges: list[tuple[int, int, int]],
+    crc: int,
     parallel: int,
 ) -> tuple[str | None, dict[int, tuple[str, int]]]:
-    """The unfinished upload to `key` to resume (the one `journal` noted, else the latest the store
-    lists) and, by part number, the ETag and CRC32 of its parts that hold this file's bytes. Other
-    unfinished uploads to `key` the store lists are aborted. None found: (None, {})."""
+    """The upload to `key` this machine noted and left unfinished, if it was begun for content
+    of CRC32 `crc`, and, by part number, the ETag and CRC32 of its parts that hold this file's
+    bytes. One begun for other content is aborted. None to resume: (None, {})."""
     from minio.error import S3Error
 
-    try:
-        listing = s3._list_multipart_uploads(bucket, prefix=key)
-        uploads = sorted(
-            (u for u in listing.uploads if u.object_name == key),
-            key=lambda u: u.initiated_time.timestamp() if u.initiated_time else 0.0,
-        )
-        listed = [u.upload_id for u in uploads]
-    except S3Error:
-        listed = []  # a grant's credentials list the parts of an upload, not a bucket's uploads
-    upload_id = journal.noted(bucket, key) or (listed[-1] if listed else None)
-    for stale in listed:
-        if stale != upload_id:
-            s3._abort_multipart_upload(bucket, key, stale)
-    if upload_id is None:
+    noted = journal.noted(bucket, key)
+    if noted is None:
+        return None, {}
+    upload_id, noted_crc = noted
+    if noted_crc != crc:
+        with contextlib.suppress(Exception):
+            s3._abort_multipart_upload(bucket, key, upload_id)
+        journal.forget(bucket, key)
         return None, {}
     stored: dict[int, tuple[str, int]] = {}
     marker: str | None = None

@@ -99,8 +99,9 @@ def s3_location(grant: Any) -> Any:
 class RenewingGrant:
     """A CLI transfer's grant on an S3 connection, asked for again as it nears its end: temporary
     credentials last one STS session (an hour by default) and a grant an hour, less than a large
-    transfer may take. minio asks `__call__` before every request, from any worker thread.
-    Presigned URLs cannot be renewed under a transfer: those grants last their hour."""
+    transfer may take. minio asks `__call__` before every request, from any worker thread: the
+    renewed credentials serve the requests that follow. Presigned URLs cannot be renewed under a
+    transfer: those grants last their hour."""
 
     def __init__(self, ask: Callable[[], Any], clock: Callable[[], float] = time.time):
         self._ask = ask
@@ -110,6 +111,7 @@ class RenewingGrant:
         self.asked = 1
         self.renewal_error: Exception | None = None
         self._issued_s = clock()
+        self._next_try_s = 0.0
 
     @property
     def location(self) -> Any:
@@ -118,15 +120,18 @@ class RenewingGrant:
     def __call__(self) -> Any:
         with self._lock:
             expire_s = self.grant.expire_time.ToMilliseconds() / 1000
-            # Renewed with a fifth of its life left (at most five minutes before its end).
+            # Renewed with a fifth of its life left (at most five minutes before its end); after a
+            # failed try, asked again at most every RENEW_RETRY_S (the current one serves till its end).
             margin_s = min(RENEW_MARGIN_S, (expire_s - self._issued_s) / 5)
-            if self._clock() >= expire_s - margin_s:
+            now = self._clock()
+            if now >= expire_s - margin_s and now >= self._next_try_s:
                 try:
                     self.grant, self._issued_s = self._ask(), self._clock()
                     self.asked += 1
                     self.renewal_error = None
-                except Exception as exc:  # noqa: BLE001 - the current one serves until its end, and
-                    self.renewal_error = exc  # is renewed at the next request; `failure` tells why it was not
+                except Exception as exc:  # noqa: BLE001 - `failure` tells why, if the transfer then fails
+                    self.renewal_error = exc
+                    self._next_try_s = self._clock() + min(RENEW_RETRY_S, margin_s / 4)
             return s3_location(self.grant)
 
     def failure(self, exc: Exception) -> click.ClickException:
@@ -136,6 +141,9 @@ class RenewingGrant:
 
 
 RENEW_MARGIN_S = 300
+RENEW_RETRY_S = 30
+# What one grant request may take: workers wait on a renewal.
+GRANT_TIMEOUT_S = 30
 
 
 def upload_to_grant(directory: Path, grant: RenewingGrant, label: str) -> None:
@@ -214,12 +222,13 @@ def data_upload(directory: Path, dest: str, connection: str) -> None:
     from dlaas.cli.client import fail, stub
     from dlaas.gateway.v1 import gateway_pb2
 
+    client = stub()
+
     def ask() -> Any:
-        return stub().CreateDataGrant(
-            gateway_pb2.CreateDataGrantRequest(
-                location=_location(dest, connection), mode=gateway_pb2.DATA_ACCESS_MODE_WRITE
-            )
+        request = gateway_pb2.CreateDataGrantRequest(
+            location=_location(dest, connection), mode=gateway_pb2.DATA_ACCESS_MODE_WRITE
         )
+        return client.CreateDataGrant(request, timeout=GRANT_TIMEOUT_S)
 
     try:
         grant = RenewingGrant(ask)

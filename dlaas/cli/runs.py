@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from dlaas.cli.app import OUTPUT, cli
-from dlaas.cli.data import RenewingGrant, download_file_from_grant, download_from_grant
+from dlaas.cli.data import GRANT_TIMEOUT_S, RenewingGrant, download_file_from_grant, download_from_grant
 
 
 def _pack(code_dir: Path) -> bytes:
@@ -252,14 +252,18 @@ def download(run: str, target: Path | None) -> None:
     client = stub()
     try:
         results = RenewingGrant(
-            lambda: client.CreateRunResultsGrant(gateway_pb2.CreateRunResultsGrantRequest(name=run))
+            lambda: client.CreateRunResultsGrant(
+                gateway_pb2.CreateRunResultsGrantRequest(name=run), timeout=GRANT_TIMEOUT_S
+            )
         )
     except grpc.RpcError as exc:
         fail(exc)
     target = target or Path(run.rsplit("/", 1)[-1])
     download_from_grant(results, target, f"download {run}")
     try:
-        code = RenewingGrant(lambda: client.CreateRunCodeGrant(gateway_pb2.CreateRunCodeGrantRequest(name=run)))
+        code = RenewingGrant(
+            lambda: client.CreateRunCodeGrant(gateway_pb2.CreateRunCodeGrantRequest(name=run), timeout=GRANT_TIMEOUT_S)
+        )
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.NOT_FOUND:
             fail(exc)

@@ -60,7 +60,10 @@ def test_a_renewal_that_fails_keeps_the_current_grant_and_says_why_if_the_transf
     message = grant.failure(Exception("403 ExpiredToken")).format_message()
     assert message == "403 ExpiredToken (the grant could not be renewed: gateway unreachable)"
     gateway.down = False
-    assert grant().access_key_id == "key-2"  # asked again at the next request
+    clock[0] = 91
+    assert grant().access_key_id == "key-1"  # not asked again at once: at most every 30 s (here 5 s)
+    clock[0] = 95
+    assert grant().access_key_id == "key-2"
     assert isinstance(grant.failure(Exception("x")), click.ClickException)
     assert grant.failure(Exception("x")).format_message() == "x"
 

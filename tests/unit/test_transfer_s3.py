@@ -405,13 +405,14 @@ def test_an_upload_cut_off_midway_resumes_with_the_parts_it_had_not_sent(
     tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     admin, location = bucket
-    path = tmp_path / "big.bin"
+    src = tmp_path / "src"
+    src.mkdir()
     data = os.urandom(4 * transfer_s3.PART_SIZE + 100)  # five parts
-    path.write_bytes(data)
+    (src / "big.bin").write_bytes(data)
     sent = _parts_sent(monkeypatch, fail_at=4)
 
     with pytest.raises(TransferError):
-        transfer_s3.upload_file(path, location, "set/big.bin", workers=1)
+        transfer_s3.upload_tree(src, location, workers=1)
     left = admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
     first = list(sent)
     assert len(left) == 1 and first[:3] == [1, 2, 3] and 4 not in first  # the parts sent stay on the store
@@ -419,55 +420,103 @@ def test_an_upload_cut_off_midway_resumes_with_the_parts_it_had_not_sent(
     monkeypatch.undo()
     sent = _parts_sent(monkeypatch)
     moved: list[int] = []
-    stats = transfer_s3.upload_file(path, location, "set/big.bin", workers=2)
+    stats = transfer_s3.upload_tree(src, location, workers=2, on_bytes=moved.append)
 
     assert sorted(sent) == [n for n in range(1, 6) if n not in first]
     assert (stats.files, stats.resumed, stats.bytes) == (1, 1, len(data))
+    assert sum(moved) == len(data)  # the parts kept count too, once
     assert not admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
-    transfer_s3.download_object(location, "set/big.bin", tmp_path / "back", on_bytes=moved.append)
+    transfer_s3.download_object(location, "set/big.bin", tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == data  # and its CRC32, checked by the download, is right
-    assert sum(moved) == len(data)
 
 
-def test_a_resumed_upload_sends_again_the_parts_whose_bytes_are_not_this_files(
+def _begun(admin: Minio, location: transfer_s3.S3Location, key: str, content: bytes, parts: dict[int, bytes]) -> str:
+    """An upload begun by an earlier attempt of this machine for `content`, with `parts` sent."""
+    headers: Metadata = {transfer_s3.CRC_METADATA: f"{zlib.crc32(content):08x}"}
+    upload_id = admin._create_multipart_upload(location.bucket, key, headers)
+    for number, part in parts.items():
+        admin._upload_part(location.bucket, key, part, None, upload_id, number)
+    assert transfer_s3.UploadJournal.of(location).note(location.bucket, key, upload_id, zlib.crc32(content))
+    return upload_id
+
+
+def test_a_resumed_upload_keeps_only_the_parts_whose_bytes_are_this_files(
     tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The file changed between the attempts: parts that differ are sent again, and the object,
-    begun with the old content's CRC32, ends with the new one's."""
+    """Parts are compared with the file, part by part (listed two at a time here: the listing's
+    pages are followed): one whose bytes differ is sent again."""
     admin, location = bucket
+    size = transfer_s3.PART_SIZE
+    data = os.urandom(5 * size + 3)
     path = tmp_path / "big.bin"
-    old = os.urandom(3 * transfer_s3.PART_SIZE)
-    path.write_bytes(old)
-    sent = _parts_sent(monkeypatch, fail_at=3)
-    with pytest.raises(TransferError):
-        transfer_s3.upload_file(path, location, "set/big.bin", workers=1)
-    new = old[: transfer_s3.PART_SIZE] + os.urandom(2 * transfer_s3.PART_SIZE)  # part 1 the same, part 2 not
-    path.write_bytes(new)
-
-    monkeypatch.undo()
+    path.write_bytes(data)
+    parts = {1: data[:size], 2: os.urandom(size), 3: data[2 * size : 3 * size], 4: data[3 * size : 4 * size]}
+    _begun(admin, location, "set/big.bin", data, parts)
+    original = Minio._list_parts
+    monkeypatch.setattr(
+        Minio, "_list_parts", lambda self, *args, **kwargs: original(self, *args, **{**kwargs, "max_parts": 2})
+    )
     sent = _parts_sent(monkeypatch)
+
+    stats = transfer_s3.upload_file(path, location, "set/big.bin")
+
+    assert sorted(sent) == [2, 5, 6] and stats.resumed == 1  # six parts, the last of 3 bytes
+    transfer_s3.download_object(location, "set/big.bin", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == data
+
+
+def test_an_upload_noted_for_other_content_is_aborted_and_begun_again(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file changed between the attempts: the old upload, whose CRC32 metadata would be stale,
+    is aborted, and every part sent anew."""
+    admin, location = bucket
+    size = transfer_s3.PART_SIZE
+    old = os.urandom(3 * size)
+    new = old[:size] + os.urandom(2 * size)  # part 1 the same
+    path = tmp_path / "big.bin"
+    path.write_bytes(new)
+    _begun(admin, location, "set/big.bin", old, {1: old[:size], 2: old[size : 2 * size]})
+    sent = _parts_sent(monkeypatch)
+
     stats = transfer_s3.upload_file(path, location, "set/big.bin", workers=2)
 
-    assert sorted(sent[:2]) == [2, 3] and sorted(sent[2:]) == [1, 2, 3]  # resumed (part 1 kept), then whole
-    assert stats.files == 1 and stats.resumed == 0  # then sent again whole, for a CRC32 of this content
+    assert sorted(sent) == [1, 2, 3] and (stats.files, stats.resumed) == (1, 0)
+    assert not admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
     stored = admin.stat_object(location.bucket, "set/big.bin")
     assert stored.metadata is not None
     assert stored.metadata.get(transfer_s3.CRC_METADATA) == f"{zlib.crc32(new):08x}"
-    transfer_s3.download_object(location, "set/big.bin", tmp_path / "back")
-    assert (tmp_path / "back").read_bytes() == new
-    assert not admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
 
 
-def test_older_unfinished_uploads_of_the_same_key_are_aborted(
+def test_an_unfinished_upload_this_machine_did_not_begin_is_left_alone(
     tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location]
 ) -> None:
+    """Another client's upload of the same key, in progress: neither resumed nor aborted."""
     admin, location = bucket
     path = tmp_path / "big.bin"
     path.write_bytes(os.urandom(2 * transfer_s3.PART_SIZE + 1))
-    for _ in range(3):
-        admin._create_multipart_upload(location.bucket, "set/big.bin", {"Content-Type": "application/octet-stream"})
+    theirs = admin._create_multipart_upload(location.bucket, "set/big.bin", {"Content-Type": "text/plain"})
 
-    transfer_s3.upload_file(path, location, "set/big.bin")
+    stats = transfer_s3.upload_file(path, location, "set/big.bin")
+
+    assert (stats.files, stats.resumed) == (1, 0)
+    listed = admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
+    assert [u.upload_id for u in listed] == [theirs]
+    assert admin.stat_object(location.bucket, "set/big.bin").size == path.stat().st_size
+
+
+def test_an_upload_that_cannot_be_noted_is_aborted_when_it_fails(
+    tmp_path: Path, bucket: tuple[Minio, transfer_s3.S3Location], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No note, nothing to resume: the parts are not left lying on the store."""
+    admin, location = bucket
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("DLAAS_TRANSFER_STATE_DIR", str(tmp_path / "not-a-directory"))
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(3 * transfer_s3.PART_SIZE))
+    _parts_sent(monkeypatch, fail_at=3)
+
+    with pytest.raises(TransferError):
+        transfer_s3.upload_file(path, location, "set/big.bin", workers=1)
 
     assert not admin._list_multipart_uploads(location.bucket, prefix="set/big.bin").uploads
-    assert admin.stat_object(location.bucket, "set/big.bin").size == path.stat().st_size

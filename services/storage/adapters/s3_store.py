@@ -95,7 +95,7 @@ def grant_policy(accesses: Sequence[tuple[Location, AccessMode]], expire_ms: int
         statements.append(
             {
                 "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"] if write else ["s3:ListBucket"],
+                "Action": ["s3:ListBucket"],
                 "Resource": [f"arn:aws:s3:::{location.bucket}"],
                 "Condition": {**in_time, "StringLike": {"s3:prefix": patterns}},
             }
