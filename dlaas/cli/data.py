@@ -216,7 +216,8 @@ def _location(dest: str, connection: str = "") -> Any:
 @CONNECTION
 def data_upload(directory: Path, dest: str, connection: str) -> None:
     """Upload DIRECTORY to BUCKET[/PREFIX]: in parallel, large files in parts, each verified; files
-    already there with the same size and checksum are skipped."""
+    already there with the same size and checksum are skipped, and a large file an earlier run of
+    this command (on this machine) left half-sent resumes with the parts it had not sent."""
     import grpc
 
     from dlaas.cli.client import fail, stub
