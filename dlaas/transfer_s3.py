@@ -767,16 +767,17 @@ def upload_tree(
         if code != "NoSuchBucket":
             raise _s3_failure("list", f"{location.bucket}/{base}", exc) from exc
     progress = serialized(on_bytes)
+    journal = UploadJournal(location.endpoint)
     stats = TransferStats()
     big = [(path, key) for path, key in files if path.stat().st_size > PART_SIZE]
     small = [(path, key) for path, key in files if path.stat().st_size <= PART_SIZE]
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="s3-put") as pool:
         futures = [
-            pool.submit(_put, s3, location.bucket, path, key, there.get(key), 1, progress) for path, key in small
+            pool.submit(_put, s3, location.bucket, path, key, there.get(key), 1, progress, journal)
+            for path, key in small
         ]
         outcomes = _run_all(pool, futures)
     # Large files one at a time, each with all workers on its parts.
-    journal = UploadJournal.of(location)
     outcomes += [_put(s3, location.bucket, path, key, there.get(key), workers, progress, journal) for path, key in big]
     for outcome, size in outcomes:
         stats.add(outcome, size)
@@ -792,7 +793,8 @@ def upload_file(
         stats.add(*_post(_post_pool(workers), location, path, key, lambda count: None))
         return stats
     s3 = client(location, workers, fresh)
-    stats.add(*_put(s3, location.bucket, path, key, None, workers, lambda count: None, UploadJournal.of(location)))
+    journal = UploadJournal(location.endpoint)
+    stats.add(*_put(s3, location.bucket, path, key, None, workers, lambda count: None, journal))
     return stats
 
 
@@ -804,7 +806,7 @@ def _put(
     there: tuple[int, str] | None,
     parallel: int,
     progress: Callable[[int], None],
-    journal: UploadJournal | None = None,
+    journal: UploadJournal,
 ) -> tuple[Placed, int]:
     """One file, with its CRC32 as metadata (a large one resumable through `journal`).
 
@@ -839,7 +841,7 @@ def _put(
             crc = ahead.crc
         else:
             crc = _file_crc(path, size, parallel)
-        outcome = _multipart(s3, bucket, key, path, size, crc, parallel, progress, journal or UploadJournal(""))
+        outcome = _multipart(s3, bucket, key, path, size, crc, parallel, progress, journal)
     except TransferError:
         raise
     except OSError as exc:
@@ -858,25 +860,16 @@ class UploadJournal:
     by a hash of endpoint, bucket and key, holding the upload id and the CRC32 of the content it
     was begun for. Where no note can be written, an upload that fails is aborted, not left."""
 
-    def __init__(self, endpoint: str, root: Path | None = None):
+    def __init__(self, endpoint: str):
         self._endpoint = endpoint
-        self._root = root
-
-    @classmethod
-    def of(cls, location: S3Location) -> UploadJournal:
-        return cls(location.endpoint)
 
     def _file(self, bucket: str, key: str) -> Path | None:
-        if not self._endpoint:
+        configured = os.environ.get("DLAAS_TRANSFER_STATE_DIR")
+        try:
+            cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory
             return None
-        root = self._root
-        if root is None:
-            configured = os.environ.get("DLAAS_TRANSFER_STATE_DIR")
-            try:
-                cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-            except RuntimeError:  # no home directory
-                return None
-            root = Path(configured) if configured else Path(cache) / "dlaas" / "uploads"
+        root = Path(configured) if configured else Path(cache) / "dlaas" / "uploads"
         digest = hashlib.sha256(f"{self._endpoint}\n{bucket}\n{key}".encode()).hexdigest()
         return root / f"{digest}.json"
 
@@ -917,6 +910,12 @@ class UploadJournal:
         if target is not None:
             with contextlib.suppress(OSError):
                 target.unlink(missing_ok=True)
+
+    def abandon(self, s3: Any, bucket: str, key: str, upload_id: str) -> None:
+        """Aborts an upload there is no point resuming (best effort: the store may be gone) and forgets it."""
+        with contextlib.suppress(Exception):
+            s3._abort_multipart_upload(bucket, key, upload_id)
+        self.forget(bucket, key)
 
 
 def _part_ranges(size: int) -> list[tuple[int, int, int]]:
@@ -990,9 +989,7 @@ def _multipart(
             raise _FileChanged(f"{path} changed while it was uploaded to {bucket}/{key}")
     except BaseException as exc:
         if isinstance(exc, _FileChanged) or not noted:  # nothing to resume: the parts would only lie there
-            with contextlib.suppress(Exception):
-                s3._abort_multipart_upload(bucket, key, upload_id)
-            journal.forget(bucket, key)
+            journal.abandon(s3, bucket, key, upload_id)
         raise
     s3._complete_multipart_upload(bucket, key, upload_id, [Part(n, etags[n]) for n, _, _ in ranges])
     journal.forget(bucket, key)
@@ -1019,9 +1016,7 @@ def _unfinished_upload(
         return None, {}
     upload_id, noted_crc = noted
     if noted_crc != crc:
-        with contextlib.suppress(Exception):
-            s3._abort_multipart_upload(bucket, key, upload_id)
-        journal.forget(bucket, key)
+        journal.abandon(s3, bucket, key, upload_id)
         return None, {}
     stored: dict[int, tuple[str, int]] = {}
     marker: str | None = None

@@ -43,7 +43,7 @@ def progress_bar(label: str, total: int | None) -> Iterator[tuple[Callable[[int]
 
 def _summary(label: str, stats: Any, target: str) -> str:
     notes = [f"{stats.skipped} already there"] if stats.skipped else []
-    if getattr(stats, "resumed", 0):
+    if stats.resumed:
         notes.append(f"{stats.resumed} resumed from an earlier attempt")
     return f"{label}: {stats.files} file(s), {stats.bytes} bytes to {target}" + (
         f" ({', '.join(notes)})" if notes else ""
@@ -108,7 +108,6 @@ class RenewingGrant:
         self._clock = clock
         self._lock = threading.Lock()
         self.grant = ask()
-        self.asked = 1
         self.renewal_error: Exception | None = None
         self._issued_s = clock()
         self._next_try_s = 0.0
@@ -127,7 +126,6 @@ class RenewingGrant:
             if now >= expire_s - margin_s and now >= self._next_try_s:
                 try:
                     self.grant, self._issued_s = self._ask(), self._clock()
-                    self.asked += 1
                     self.renewal_error = None
                 except Exception as exc:  # noqa: BLE001 - `failure` tells why, if the transfer then fails
                     self.renewal_error = exc

@@ -40,6 +40,13 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
+async def one_gpu(sqlite_databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Platform]:
+    platform = await start_platform(sqlite_databases, tmp_path, virtual_gpus=1)
+    yield platform
+    await platform.stop()
+
+
+@pytest.fixture
 async def four_gpus(sqlite_databases: DatabaseFactory, tmp_path: Path) -> AsyncIterator[Platform]:
     platform = await start_platform(sqlite_databases, tmp_path, virtual_gpus=4)
     yield platform
@@ -237,78 +244,72 @@ async def test_arrivals_while_every_gpu_is_busy_wait_then_start_as_gpus_free(
 
 
 async def test_a_burst_of_submissions_goes_to_the_scheduler_in_fewer_calls_each_answered_as_if_alone(
-    sqlite_databases: DatabaseFactory, tmp_path: Path
+    one_gpu: Platform,
 ) -> None:
     """Submissions that arrive together share SubmitRuns calls; a refused one among them gets the
     status a lone submission gets (code, message, ErrorInfo), the others queue."""
-    p = await start_platform(sqlite_databases, tmp_path, virtual_gpus=1)
-    try:
-        holder = await submit(p.client, manifest("python -c 'import time; time.sleep(30)'"))
-        await wait_for(p.client, holder.name, {run_pb2.RUN_STATE_RUNNING})
-        method = "/dlaas.scheduler.v1.SchedulerService/SubmitRuns"
-        calls_before = RPC_HANDLED.labels("scheduler", method, "OK")._value.get()
-        alone = await asyncio.gather(submit(p.client, manifest("true", gpus=2)), return_exceptions=True)
-        texts = [manifest("true", name=f"burst-{i}") for i in range(30)]
-        texts[17] = manifest("true", gpus=2)  # more GPUs than the cluster has: refused
-        answers = await asyncio.gather(*(submit(p.client, t) for t in texts), return_exceptions=True)
-        calls = RPC_HANDLED.labels("scheduler", method, "OK")._value.get() - calls_before
+    p = one_gpu
+    holder = await submit(p.client, manifest("python -c 'import time; time.sleep(30)'"))
+    await wait_for(p.client, holder.name, {run_pb2.RUN_STATE_RUNNING})
+    method = "/dlaas.scheduler.v1.SchedulerService/SubmitRuns"
+    calls_before = RPC_HANDLED.labels("scheduler", method, "OK")._value.get()
+    alone = await asyncio.gather(submit(p.client, manifest("true", gpus=2)), return_exceptions=True)
+    texts = [manifest("true", name=f"burst-{i}") for i in range(30)]
+    texts[17] = manifest("true", gpus=2)  # more GPUs than the cluster has: refused
+    answers = await asyncio.gather(*(submit(p.client, t) for t in texts), return_exceptions=True)
+    calls = RPC_HANDLED.labels("scheduler", method, "OK")._value.get() - calls_before
 
-        refused = answers[17]
-        assert isinstance(refused, grpc.aio.AioRpcError) and isinstance(alone[0], grpc.aio.AioRpcError)
-        assert refused.code() == alone[0].code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert refused.details() == alone[0].details() and "can never start" in (refused.details() or "")
-        status = rpc_status.from_call(refused)
-        assert status is not None and status == rpc_status.from_call(alone[0])
-        info = error_details_pb2.ErrorInfo()
-        assert status.details[0].Unpack(info) and info.reason == "RUN_NEVER_FITS"
-        queued = [a for i, a in enumerate(answers) if i != 17 and isinstance(a, gateway_pb2.Run)]
-        assert len(queued) == 29 and all(a.status.state == run_pb2.RUN_STATE_QUEUED for a in queued)
-        assert [a.spec.display_name for a in queued] == [f"burst-{i}" for i in range(30) if i != 17]
-        assert calls < 1 + 30, calls  # the lone one, then the burst shared calls
-        listed = await p.client.ListRuns(gateway_pb2.ListRunsRequest(page_size=100))
-        assert {r.name for r in listed.runs} == {a.name for a in queued} | {holder.name}
-        await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=holder.name))
-    finally:
-        await p.stop()
+    refused = answers[17]
+    assert isinstance(refused, grpc.aio.AioRpcError) and isinstance(alone[0], grpc.aio.AioRpcError)
+    assert refused.code() == alone[0].code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.details() == alone[0].details() and "can never start" in (refused.details() or "")
+    status = rpc_status.from_call(refused)
+    assert status is not None and status == rpc_status.from_call(alone[0])
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info) and info.reason == "RUN_NEVER_FITS"
+    queued = [a for i, a in enumerate(answers) if i != 17 and isinstance(a, gateway_pb2.Run)]
+    assert len(queued) == 29 and all(a.status.state == run_pb2.RUN_STATE_QUEUED for a in queued)
+    assert [a.spec.display_name for a in queued] == [f"burst-{i}" for i in range(30) if i != 17]
+    assert calls < 1 + 30, calls  # the lone one, then the burst shared calls
+    listed = await p.client.ListRuns(gateway_pb2.ListRunsRequest(page_size=100))
+    assert {r.name for r in listed.runs} == {a.name for a in queued} | {holder.name}
+    await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=holder.name))
 
 
 async def test_submit_runs_answers_each_run_in_order_and_refuses_an_empty_or_oversized_call(
-    sqlite_databases: DatabaseFactory, tmp_path: Path
+    one_gpu: Platform,
 ) -> None:
-    p = await start_platform(sqlite_databases, tmp_path, virtual_gpus=1)
-    try:
-        async with service_channel(p.scheduler.address) as channel:
-            scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel)
-            spec = run_pb2.RunSpec(command="sleep 30", resources=run_pb2.Resources(gpus=0))
-            good = scheduler_pb2.Run(name="accounts/default/runs/run-batch-good", spec=spec)
-            requests = [
-                scheduler_pb2.SubmitRunRequest(run=good, tier="free"),
-                scheduler_pb2.SubmitRunRequest(run=scheduler_pb2.Run(name="runs/bad", spec=spec), tier="free"),
-                scheduler_pb2.SubmitRunRequest(
-                    run=scheduler_pb2.Run(name="accounts/default/runs/run-batch-none"), tier="free"
-                ),
-                scheduler_pb2.SubmitRunRequest(run=good, tier="free"),  # a retry, in the same call
-                scheduler_pb2.SubmitRunRequest(
-                    run=scheduler_pb2.Run(name="accounts/default/runs/run-batch-tier", spec=spec), tier="gold"
-                ),
-            ]
-            response = await scheduler.SubmitRuns(scheduler_pb2.SubmitRunsRequest(requests=requests))
-            kinds = [r.WhichOneof("result") for r in response.results]
-            assert kinds == ["run", "error", "error", "run", "error"]
-            assert response.results[0].run.name == response.results[3].run.name == good.name
-            assert response.results[0].run.create_time == response.results[3].run.create_time
-            for index, field in ((1, "run.name"), (2, "run.spec.command"), (4, "tier")):
-                error = response.results[index].error
-                assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], error
-                bad = error_details_pb2.BadRequest()
-                assert any(d.Unpack(bad) for d in error.details)
-                assert [v.field for v in bad.field_violations] == [field]
-            for wrong, count in (([], "at least one"), ([requests[0]] * 501, "at most 500")):
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await scheduler.SubmitRuns(scheduler_pb2.SubmitRunsRequest(requests=wrong))
-                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-                assert count in (refused.value.details() or "")
-            cancelled = await scheduler.CancelRun(scheduler_pb2.CancelRunRequest(name=good.name))
-            assert cancelled.status.state == run_pb2.RUN_STATE_CANCELLED
-    finally:
-        await p.stop()
+    p = one_gpu
+    async with service_channel(p.scheduler.address) as channel:
+        scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        spec = run_pb2.RunSpec(command="sleep 30", resources=run_pb2.Resources(gpus=0))
+        good = scheduler_pb2.Run(name="accounts/default/runs/run-batch-good", spec=spec)
+        requests = [
+            scheduler_pb2.SubmitRunRequest(run=good, tier="free"),
+            scheduler_pb2.SubmitRunRequest(run=scheduler_pb2.Run(name="runs/bad", spec=spec), tier="free"),
+            scheduler_pb2.SubmitRunRequest(
+                run=scheduler_pb2.Run(name="accounts/default/runs/run-batch-none"), tier="free"
+            ),
+            scheduler_pb2.SubmitRunRequest(run=good, tier="free"),  # a retry, in the same call
+            scheduler_pb2.SubmitRunRequest(
+                run=scheduler_pb2.Run(name="accounts/default/runs/run-batch-tier", spec=spec), tier="gold"
+            ),
+        ]
+        response = await scheduler.SubmitRuns(scheduler_pb2.SubmitRunsRequest(requests=requests))
+        kinds = [r.WhichOneof("result") for r in response.results]
+        assert kinds == ["run", "error", "error", "run", "error"]
+        assert response.results[0].run.name == response.results[3].run.name == good.name
+        assert response.results[0].run.create_time == response.results[3].run.create_time
+        for index, field in ((1, "run.name"), (2, "run.spec.command"), (4, "tier")):
+            error = response.results[index].error
+            assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], error
+            bad = error_details_pb2.BadRequest()
+            assert any(d.Unpack(bad) for d in error.details)
+            assert [v.field for v in bad.field_violations] == [field]
+        for wrong, count in (([], "at least one"), ([requests[0]] * 501, "at most 500")):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await scheduler.SubmitRuns(scheduler_pb2.SubmitRunsRequest(requests=wrong))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert count in (refused.value.details() or "")
+        cancelled = await scheduler.CancelRun(scheduler_pb2.CancelRunRequest(name=good.name))
+        assert cancelled.status.state == run_pb2.RUN_STATE_CANCELLED

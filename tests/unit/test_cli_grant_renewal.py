@@ -34,9 +34,9 @@ def test_an_hour_long_grant_is_asked_for_again_five_minutes_before_its_end() -> 
     grant = RenewingGrant(gateway.ask, clock=lambda: clock[0])
     assert grant().access_key_id == "key-1"
     clock[0] += 3600 - 301
-    assert grant().access_key_id == "key-1" and grant.asked == 1
+    assert grant().access_key_id == "key-1" and gateway.issued == 1
     clock[0] += 2
-    assert grant().access_key_id == "key-2" and grant.asked == 2
+    assert grant().access_key_id == "key-2" and gateway.issued == 2
     clock[0] += 3600 - 301  # the new one lasts its own hour
     assert grant().access_key_id == "key-2"
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
 from opentelemetry import trace
 
 from dlaas.credentials import Headers
@@ -21,8 +22,7 @@ from services.common.settings import ServiceCredentials
 from services.common.telemetry import current_carrier
 
 TRACER = __name__
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-_DETAILS_KEY = "grpc-status-details-bin"
+_KNOWN_CODES = frozenset(code.value[0] for code in grpc.StatusCode)
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,11 @@ def _current_span_context() -> trace.SpanContext:
 
 def _rpc_error(status: status_pb2.Status) -> grpc.aio.AioRpcError:
     """The error a call ending with `status` raises (what grpc_status.rpc_status reads back)."""
-    code = _CODES.get(status.code)
-    if code is None:  # a code this client does not know: UNKNOWN, as gRPC itself would say
-        code = grpc.StatusCode.UNKNOWN
+    if status.code not in _KNOWN_CODES:  # a code this client does not know: UNKNOWN, as gRPC itself would say
         status = status_pb2.Status(code=code_pb2.UNKNOWN, message=status.message, details=status.details)
+    ended = rpc_status.to_status(status)
     return grpc.aio.AioRpcError(
-        code,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata((_DETAILS_KEY, status.SerializeToString())),
-        details=status.message,
+        ended.code, grpc.aio.Metadata(), grpc.aio.Metadata(*ended.trailing_metadata), details=ended.details
     )
 
 
