@@ -2,7 +2,8 @@
 
 Each service keeps its own tables and its own Alembic history (its own version table).
 URLs are given in their plain form (sqlite:///path, postgresql://user@host/db); the drivers
-are chosen here: aiosqlite or psycopg for the service, the sync ones for Alembic.
+are chosen here: SQLite on the event loop's thread (sqlite_loop) or psycopg for the service, the
+sync ones for Alembic.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from services.common import sqlite_loop
 
 
 def _with_driver(url: str, sqlite_driver: str) -> str:
@@ -53,7 +56,11 @@ def create_engine(url: str) -> AsyncEngine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         # SQLite has one writer at a time: one connection, whose callers queue in asyncio, beats several
         # connections that collide on the file lock and sleep in SQLite's busy handler.
-        engine = create_async_engine(full, pool_size=1, max_overflow=0, pool_timeout=60)
+        # Its statements are answered on the event loop's thread (sqlite_loop: a thread hop per call
+        # cost more than the statements).
+        engine = create_async_engine(
+            full, pool_size=1, max_overflow=0, pool_timeout=60, async_creator=sqlite_loop.connector(make_url(full))
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(full, pool_size=10, max_overflow=20, pool_pre_ping=True)

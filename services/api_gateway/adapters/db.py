@@ -25,7 +25,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.batching import GroupWriter
 from services.common.errors import Aborted
 
 metadata = MetaData()
@@ -58,9 +57,9 @@ class StoredSpec:
 
 
 @dataclass(frozen=True)
-class _Add:
+class NewSpec:
     spec: StoredSpec
-    manifest: str
+    manifest: str  # as submitted, minus inline credentials
     created_ms: int
 
 
@@ -71,7 +70,6 @@ def _stored(row: Row[Any]) -> StoredSpec:
 class SpecRepository:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
-        self._adds: GroupWriter[_Add, StoredSpec | None] = GroupWriter(self._add_batch)
 
     async def by_request(self, account: str, request_id: str) -> StoredSpec | None:
         async with self.engine.connect() as conn:
@@ -82,13 +80,9 @@ class SpecRepository:
             ).first()
         return None if row is None else _stored(row)
 
-    async def add(self, spec: StoredSpec, manifest: str, created_ms: int) -> StoredSpec | None:
-        """Stores the spec; answers the earlier one instead when its request_id was stored first.
-
-        Concurrent adds are written together, one transaction per batch (group commit)."""
-        return await self._adds.submit(_Add(spec, manifest, created_ms))
-
-    async def _add_batch(self, adds: Sequence[_Add]) -> list[StoredSpec | BaseException | None]:
+    async def add_many(self, adds: Sequence[NewSpec]) -> list[StoredSpec | BaseException | None]:
+        """Stores the specs in one transaction; for each, None, or the spec stored earlier under
+        its request_id (then nothing is stored for it)."""
         for _ in range(3):
             try:
                 return await self._add_once(adds)
@@ -96,7 +90,7 @@ class SpecRepository:
                 continue  # another writer stored one of these request_ids meanwhile: look again
         return [Aborted("the run could not be stored under concurrent submissions; retry it") for _ in adds]
 
-    async def _add_once(self, adds: Sequence[_Add]) -> list[StoredSpec | BaseException | None]:
+    async def _add_once(self, adds: Sequence[NewSpec]) -> list[StoredSpec | BaseException | None]:
         async with self.engine.begin() as conn:
             keys = {(a.spec.account, a.spec.request_id) for a in adds if a.spec.request_id}
             earlier: dict[tuple[str, str | None], StoredSpec] = {}
@@ -131,6 +125,6 @@ class SpecRepository:
                 await conn.execute(insert(run_specs), new)
         return outcomes
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, names: Sequence[str]) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(delete(run_specs).where(run_specs.c.name == name))
+            await conn.execute(delete(run_specs).where(run_specs.c.name.in_(names)))

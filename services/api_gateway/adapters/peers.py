@@ -26,7 +26,9 @@ _KNOWN_CODES = frozenset(code.value[0] for code in grpc.StatusCode)
 
 
 @dataclass(frozen=True)
-class _Submission:
+class Submission:
+    """A run to hand to the scheduler, made by `Submissions.prepare` in the submitting call."""
+
     request: scheduler_pb2.SubmitRunRequest
     context: contextvars.Context  # the submitting call's: a batch of one is sent in it
 
@@ -44,25 +46,32 @@ class Submissions:
 
     def __init__(self, scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub):
         self._scheduler = scheduler
-        self._writer: GroupWriter[_Submission, scheduler_pb2.Run] = GroupWriter(self._send)
+        self._writer: GroupWriter[Submission, scheduler_pb2.Run] = GroupWriter(self.send)
 
     async def submit(self, run: scheduler_pb2.Run, tier: str) -> scheduler_pb2.Run:
-        request = scheduler_pb2.SubmitRunRequest(run=run, tier=tier, trace_context=current_carrier())
-        return await self._writer.submit(_Submission(request, contextvars.copy_context()))
+        return await self._writer.submit(self.prepare(run, tier))
 
-    async def _send(self, batch: Sequence[_Submission]) -> list[scheduler_pb2.Run | BaseException]:
+    @staticmethod
+    def prepare(run: scheduler_pb2.Run, tier: str) -> Submission:
+        """`run`, to be sent in the current context (its trace, the account it acts for)."""
+        request = scheduler_pb2.SubmitRunRequest(run=run, tier=tier, trace_context=current_carrier())
+        return Submission(request, contextvars.copy_context())
+
+    async def send(self, batch: Sequence[Submission]) -> list[scheduler_pb2.Run | BaseException]:
+        """One SubmitRuns call for `batch`: each run's answer, or the error a call for it alone
+        would have raised. A failure of the call itself is raised."""
         if len(batch) == 1:
             return await asyncio.create_task(self._call(batch), context=batch[0].context.copy())
         return await asyncio.create_task(self._call_linked(batch), context=contextvars.Context())
 
-    async def _call_linked(self, batch: Sequence[_Submission]) -> list[scheduler_pb2.Run | BaseException]:
+    async def _call_linked(self, batch: Sequence[Submission]) -> list[scheduler_pb2.Run | BaseException]:
         links = [trace.Link(s.context.run(_current_span_context)) for s in batch]
         with trace.get_tracer(TRACER).start_as_current_span(
             "submit runs", links=links, attributes={"dlaas.runs": len(batch)}
         ):
             return await self._call(batch)
 
-    async def _call(self, batch: Sequence[_Submission]) -> list[scheduler_pb2.Run | BaseException]:
+    async def _call(self, batch: Sequence[Submission]) -> list[scheduler_pb2.Run | BaseException]:
         response = await self._scheduler.SubmitRuns(
             scheduler_pb2.SubmitRunsRequest(requests=[s.request for s in batch]), timeout=30
         )

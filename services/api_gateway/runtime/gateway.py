@@ -5,9 +5,12 @@ Account scoping: every call acts as one account; a resource of another account i
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -16,12 +19,13 @@ from dlaas.metering.v1 import metering_pb2
 from dlaas.scheduler.v1 import scheduler_pb2
 from dlaas.storage.v1 import storage_pb2
 from dlaas.types.v1 import run_pb2
-from services.api_gateway.adapters.db import SpecRepository, StoredSpec
-from services.api_gateway.adapters.peers import Peers
+from services.api_gateway.adapters.db import NewSpec, SpecRepository, StoredSpec
+from services.api_gateway.adapters.peers import Peers, Submission, Submissions
 from services.api_gateway.domain.archive import check_code_archive
 from services.api_gateway.domain.manifest import ParsedManifest, parse_manifest
 from services.api_gateway.settings import GatewaySettings
 from services.common import names
+from services.common.batching import GroupWriter
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.timeutil import now_ms
 
@@ -43,11 +47,29 @@ def check_request_id(request_id: str) -> None:
         raise InvalidArgument.field("request_id", "must be printable characters, without control characters")
 
 
+@dataclass(frozen=True)
+class _Intake:
+    """A new submission: its spec to store, then to hand to the scheduler."""
+
+    new: NewSpec
+    spec: run_pb2.RunSpec  # new.spec.spec, parsed
+    code: run_pb2.ObjectLocation | None
+    tier: str
+    context: contextvars.Context  # the submitting call's
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    run: scheduler_pb2.Run | BaseException  # the queued run, or the error the call raises
+    retry: bool  # its request_id was stored first by another call, whose spec was handed over
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings, specs: SpecRepository, peers: Peers):
         self.settings = settings
         self.specs = specs
         self.peers = peers
+        self._intake: GroupWriter[_Intake, _Submitted] = GroupWriter(self._store_and_submit)
 
     # ---- names ---------------------------------------------------------------------------
 
@@ -133,35 +155,69 @@ class Gateway:
         stored = StoredSpec(
             name, account, request_id or None, parsed.spec.SerializeToString(), code.prefix if code else None, False
         )
-        earlier = await self.specs.add(stored, _redacted(manifest, parsed), now_ms())
-        if earlier is not None:
-            # A retry, or another call with the same request_id that stored first: answer as it does.
-            give_back()
-            return await self._resubmit(earlier, tier)
-        return await self._submit(stored, parsed.spec, code, tier)
+        new = NewSpec(stored, _redacted(manifest, parsed), now_ms())
+        submitted = await self._intake.submit(_Intake(new, parsed.spec, code, tier, contextvars.copy_context()))
+        if submitted.retry:
+            give_back()  # a retry, or another call with the same request_id that stored first: not a new one
+        if isinstance(submitted.run, BaseException):
+            raise submitted.run
+        return submitted.run
+
+    async def _store_and_submit(self, batch: Sequence[_Intake]) -> list[_Submitted | BaseException]:
+        """Stores a batch of specs in one transaction, then hands them to the scheduler in one
+        SubmitRuns call; that call is what a batch waits on, so the submissions that arrive
+        meanwhile form the next one. A spec whose request_id was stored first is not stored
+        again: the spec stored then is handed over again instead, and the scheduler answers with
+        the run it already holds. The specs of runs the scheduler refuses are removed."""
+        found = await self.specs.add_many([intake.new for intake in batch])
+        outcomes: list[_Submitted | BaseException] = []
+        sent: list[tuple[int, StoredSpec, Submission]] = []
+        for intake, earlier in zip(batch, found, strict=True):
+            if isinstance(earlier, BaseException):
+                outcomes.append(earlier)
+                continue
+            stored, spec, code = intake.new.spec, intake.spec, intake.code
+            if earlier is not None:
+                stored, spec, code = earlier, run_pb2.RunSpec.FromString(earlier.spec), self._code(earlier)
+            run = scheduler_pb2.Run(name=stored.name, spec=spec)
+            if code is not None:
+                run.code.CopyFrom(code)
+            # Prepared in the submitting call's context: the run carries its trace.
+            sent.append((len(outcomes), stored, intake.context.run(Submissions.prepare, run, intake.tier)))
+            outcomes.append(_Submitted(scheduler_pb2.Run(), retry=earlier is not None))
+        if not sent:
+            return outcomes
+        answers: Sequence[scheduler_pb2.Run | BaseException]
+        try:
+            answers = await self.peers.submissions.send([submission for _, _, submission in sent])
+        except grpc.aio.AioRpcError as exc:  # the call itself failed: each run with its error
+            answers = [exc] * len(sent)
+        refused = []
+        for (index, stored, _), answer in zip(sent, answers, strict=True):
+            outcomes[index] = _Submitted(answer, retry=cast(_Submitted, outcomes[index]).retry)
+            if isinstance(answer, grpc.aio.AioRpcError) and answer.code() in NOT_QUEUED:
+                refused.append(stored.name)
+        if refused:
+            await self.specs.remove(refused)  # nothing half-written
+        return outcomes
+
+    def _code(self, stored: StoredSpec) -> run_pb2.ObjectLocation | None:
+        if not stored.code_key:
+            return None
+        return run_pb2.ObjectLocation(bucket=self.settings.code_bucket, prefix=stored.code_key)
 
     async def _resubmit(self, stored: StoredSpec, tier: str) -> scheduler_pb2.Run:
         """A retry: handed to the scheduler again, which answers with the run it already holds."""
-        code = (
-            run_pb2.ObjectLocation(bucket=self.settings.code_bucket, prefix=stored.code_key)
-            if stored.code_key
-            else None
-        )
-        return await self._submit(stored, run_pb2.RunSpec.FromString(stored.spec), code, tier)
-
-    async def _submit(
-        self, stored: StoredSpec, spec: run_pb2.RunSpec, code: run_pb2.ObjectLocation | None, tier: str
-    ) -> scheduler_pb2.Run:
-        run = scheduler_pb2.Run(name=stored.name, spec=spec)
+        run = scheduler_pb2.Run(name=stored.name, spec=run_pb2.RunSpec.FromString(stored.spec))
+        code = self._code(stored)
         if code is not None:
             run.code.CopyFrom(code)
         try:
-            queued = await self.peers.submissions.submit(run, tier)
+            return await self.peers.submissions.submit(run, tier)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in NOT_QUEUED:
-                await self.specs.remove(stored.name)  # nothing half-written
+                await self.specs.remove([stored.name])  # nothing half-written
             raise
-        return queued
 
     async def get_run(self, name: str) -> scheduler_pb2.Run:
         return await self.peers.scheduler.GetRun(scheduler_pb2.GetRunRequest(name=name), timeout=30)
