@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     delete,
     insert,
     select,
@@ -63,6 +64,13 @@ class NewSpec:
     created_ms: int
 
 
+# The statements of every submission, built once (SQLAlchemy then reuses their cache keys).
+_INSERT = insert(run_specs)
+_BY_REQUESTS = select(run_specs).where(
+    tuple_(run_specs.c.account, run_specs.c.request_id).in_(bindparam("keys", expanding=True))
+)
+
+
 def _stored(row: Row[Any]) -> StoredSpec:
     return StoredSpec(row.name, row.account, row.request_id, row.spec, row.code_key, row.submitted)
 
@@ -95,9 +103,7 @@ class SpecRepository:
             keys = {(a.spec.account, a.spec.request_id) for a in adds if a.spec.request_id}
             earlier: dict[tuple[str, str | None], StoredSpec] = {}
             if keys:
-                rows = await conn.execute(
-                    select(run_specs).where(tuple_(run_specs.c.account, run_specs.c.request_id).in_(keys))
-                )
+                rows = await conn.execute(_BY_REQUESTS, {"keys": list(keys)})
                 earlier = {(r.account, r.request_id): _stored(r) for r in rows}
             outcomes: list[StoredSpec | BaseException | None] = []
             new = []
@@ -122,7 +128,7 @@ class SpecRepository:
                     }
                 )
             if new:
-                await conn.execute(insert(run_specs), new)
+                await conn.execute(_INSERT, new)
         return outcomes
 
     async def remove(self, names: Sequence[str]) -> None:
