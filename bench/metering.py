@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -27,12 +28,19 @@ from pathlib import Path
 
 import grpc
 
+from dlaas.credentials import SERVICE_TOKEN, aio_interceptors
 from dlaas.metering.v1 import metering_pb2, metering_pb2_grpc
 from dlaas.platform import healthy
 
 OPEN, CLOSE = metering_pb2.USAGE_EVENT_KIND_OPEN, metering_pb2.USAGE_EVENT_KIND_CLOSE
 T0 = 1_793_491_200_000  # 2026-11-01T00:00:00Z
 ACCOUNT = "bench"
+TOKEN = secrets.token_urlsafe(32)  # the platform's service token, which the metering server requires
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    """A channel to the metering server, as the scheduler's: each call carries the service token."""
+    return grpc.aio.insecure_channel(address, interceptors=aio_interceptors(lambda: [(SERVICE_TOKEN, TOKEN)]))
 
 
 def event(run: int, kind: int, time_ms: int, gpus: int) -> metering_pb2.UsageEvent:
@@ -98,6 +106,7 @@ def start_metering(directory: Path, name: str) -> tuple[subprocess.Popen[bytes],
         "DLAAS_METERING_PORT": str(port),
         "DLAAS_METERING_DATABASE_URL": f"sqlite:///{directory / name}.db",
         "DLAAS_METERING_LOG_LEVEL": "WARNING",
+        "DLAAS_SERVICE_TOKEN": TOKEN,
     }
     log = open(directory / f"{name}.log", "wb")  # noqa: SIM115 - the server's lifetime
     process = subprocess.Popen([sys.executable, "-m", "services.metering"], env=env, stdout=log, stderr=log)
@@ -112,8 +121,8 @@ def start_metering(directory: Path, name: str) -> tuple[subprocess.Popen[bytes],
 
 async def send(address: str, events: list[metering_pb2.UsageEvent], batch: int) -> tuple[float, int, int]:
     """Seconds it took, events applied, events reported as duplicates."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = metering_pb2_grpc.MeteringServiceStub(channel)
+    async with channel(address) as opened:
+        stub = metering_pb2_grpc.MeteringServiceStub(opened)
         applied = duplicates = 0
         started = time.perf_counter()
         for index in range(0, len(events), batch):
@@ -127,8 +136,8 @@ async def send(address: str, events: list[metering_pb2.UsageEvent], batch: int) 
 async def ledger(address: str) -> dict[str, tuple[int, int | None, int]]:
     """Every usage record of the account, as (start, end, gpus)."""
     records: dict[str, tuple[int, int | None, int]] = {}
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = metering_pb2_grpc.MeteringServiceStub(channel)
+    async with channel(address) as opened:
+        stub = metering_pb2_grpc.MeteringServiceStub(opened)
         token = ""
         while True:
             page = await stub.ListUsageRecords(
