@@ -170,12 +170,10 @@ class Gateway:
         again: the spec stored then is handed over again instead, and the scheduler answers with
         the run it already holds. The specs of runs the scheduler refuses are removed."""
         found = await self.specs.add_many([intake.new for intake in batch])
-        outcomes: list[_Submitted | BaseException] = []
-        sent: list[tuple[int, StoredSpec, Submission]] = []
-        for intake, earlier in zip(batch, found, strict=True):
+        sent: dict[int, tuple[StoredSpec, Submission]] = {}  # by place in the batch
+        for index, (intake, earlier) in enumerate(zip(batch, found, strict=True)):
             if isinstance(earlier, BaseException):
-                outcomes.append(earlier)
-                continue
+                continue  # not stored: its caller gets why
             stored, spec, code = intake.new.spec, intake.spec, intake.code
             if earlier is not None:
                 stored, spec, code = earlier, run_pb2.RunSpec.FromString(earlier.spec), self._code(earlier)
@@ -183,23 +181,26 @@ class Gateway:
             if code is not None:
                 run.code.CopyFrom(code)
             # Prepared in the submitting call's context: the run carries its trace.
-            sent.append((len(outcomes), stored, intake.context.run(Submissions.prepare, run, intake.tier)))
-            outcomes.append(_Submitted(scheduler_pb2.Run(), retry=earlier is not None))
-        if not sent:
-            return outcomes
-        answers: Sequence[scheduler_pb2.Run | BaseException]
-        try:
-            answers = await self.peers.submissions.send([submission for _, _, submission in sent])
-        except grpc.aio.AioRpcError as exc:  # the call itself failed: each run with its error
-            answers = [exc] * len(sent)
-        refused = []
-        for (index, stored, _), answer in zip(sent, answers, strict=True):
-            outcomes[index] = _Submitted(answer, retry=cast(_Submitted, outcomes[index]).retry)
-            if isinstance(answer, grpc.aio.AioRpcError) and answer.code() in NOT_QUEUED:
-                refused.append(stored.name)
-        if refused:
-            await self.specs.remove(refused)  # nothing half-written
-        return outcomes
+            sent[index] = (stored, intake.context.run(Submissions.prepare, run, intake.tier))
+        answers: dict[int, scheduler_pb2.Run | BaseException] = {}
+        if sent:
+            replies: Sequence[scheduler_pb2.Run | BaseException]
+            try:
+                replies = await self.peers.submissions.send([submission for _, submission in sent.values()])
+            except grpc.aio.AioRpcError as exc:  # the call itself failed: each run with its error
+                replies = [exc] * len(sent)
+            answers = dict(zip(sent, replies, strict=True))
+            refused = [
+                sent[index][0].name
+                for index, answer in answers.items()
+                if isinstance(answer, grpc.aio.AioRpcError) and answer.code() in NOT_QUEUED
+            ]
+            if refused:
+                await self.specs.remove(refused)  # nothing half-written
+        return [
+            _Submitted(answers[index], retry=earlier is not None) if index in answers else cast(BaseException, earlier)
+            for index, earlier in enumerate(found)
+        ]
 
     def _code(self, stored: StoredSpec) -> run_pb2.ObjectLocation | None:
         if not stored.code_key:
