@@ -38,12 +38,17 @@ def sync_url(url: str) -> str:
     return _with_driver(url, "sqlite")
 
 
+BUSY_TIMEOUT_MS = 250
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets readers go on while one writer commits; busy_timeout waits out short locks.
+    # WAL lets readers go on while one writer commits. The service is its file's only writer and
+    # waits on the event loop's thread (sqlite_loop): a lock held by anyone else is a mistake, to
+    # fail fast ("database is locked") rather than to stall every call for long.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

@@ -114,6 +114,33 @@ async def test_set_tier_lets_queued_runs_start_and_drain_stops_new_ones(four_gpu
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_retry_of_a_queued_run_is_answered_with_it_even_where_a_new_one_would_be_refused(
+    sqlite_databases: DatabaseFactory, four_gpus: Platform
+) -> None:
+    """A two-GPU run queues on the standard tier; the account then moves to the free tier (one GPU),
+    where a run like it could never start. A retry with the same request_id still gets the queued
+    run, and the gateway keeps its spec; a new submission like it is refused."""
+    p = four_gpus
+    admin = cluster_pb2_grpc.AdminServiceStub(p.admin)
+    await admin.SetAccountTier(cluster_pb2.SetAccountTierRequest(account="accounts/default", tier="standard"))
+    await admin.DrainNode(cluster_pb2.DrainNodeRequest(name="local"))  # it stays queued
+    text = manifest("python -c 'import time; time.sleep(30)'", gpus=2)
+    first = await submit(p.client, text, request_id="two-gpus")
+    await admin.SetAccountTier(cluster_pb2.SetAccountTierRequest(account="accounts/default", tier="free"))
+
+    again = await submit(p.client, text, request_id="two-gpus")
+    assert again.name == first.name and again.status.state == run_pb2.RUN_STATE_QUEUED
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await submit(p.client, text)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "never start" in (caught.value.details() or "")
+    database = sqlite_databases.url("gateway").removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        stored = {name for (name,) in db.execute("SELECT name FROM gateway_run_specs")}
+    assert stored == {first.name}
+    await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=first.name))
+
+
 async def test_a_run_past_its_max_runtime_fails_with_that_reason(four_gpus: Platform) -> None:
     run = await submit(four_gpus.client, manifest("sleep 60", max_runtime="2s"))
     done = await wait_for(four_gpus.client, run.name, timeout=30)

@@ -4,6 +4,7 @@ every service gets from db.create_engine."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -74,3 +75,23 @@ async def test_rows_come_in_pages_and_the_engine_reopens_after_dispose(engine: A
         result = await conn.stream(select(items.c.name).order_by(items.c.name))
         names = [row.name async for row in result]
     assert names == [f"r{i:03}" for i in range(250)]
+
+
+async def test_another_writer_on_the_file_is_refused_at_once_not_waited_for(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """The service is its file's only writer; a second one is a mistake that shows as an error
+    after the short busy timeout, not as a loop stalled for seconds."""
+    other = sqlite3.connect(tmp_path / "db" / "test.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with engine.begin() as conn:
+                await conn.execute(insert(items).values(name="x"))
+        async with engine.connect() as conn:  # reading goes on meanwhile (WAL)
+            assert (await conn.execute(select(func.count()).select_from(items))).scalar_one() == 0
+    finally:
+        other.rollback()
+        other.close()
+    async with engine.begin() as conn:
+        await conn.execute(insert(items).values(name="x"))

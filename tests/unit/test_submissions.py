@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -14,9 +19,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dlaas.scheduler.v1 import scheduler_pb2
+from services.api_gateway.adapters.db import SpecRepository, metadata
 from services.api_gateway.adapters.peers import Submissions
+from services.api_gateway.runtime.gateway import Gateway
+from services.api_gateway.settings import GatewaySettings
+from services.common.db import create_engine
 from services.common.errors import FailedPrecondition
 from services.common.server import status_of
+from tests.support import manifest
 
 WHO: contextvars.ContextVar[str | None] = contextvars.ContextVar("who", default=None)
 
@@ -29,6 +39,7 @@ class FakeScheduler:
         self.calls: list[dict[str, Any]] = []
         self.release = asyncio.Event()
         self.fail: grpc.aio.AioRpcError | None = None
+        self.during_call: Callable[[int], None] = lambda call: None  # told each call's number as it comes
 
     async def SubmitRuns(
         self, request: scheduler_pb2.SubmitRunsRequest, timeout: float
@@ -40,13 +51,14 @@ class FakeScheduler:
                 "who": WHO.get(),
             }
         )
+        self.during_call(len(self.calls))
         if len(self.calls) == 1:
             await self.release.wait()
         if self.fail is not None:
             raise self.fail
         response = scheduler_pb2.SubmitRunsResponse()
         for item in request.requests:
-            if item.run.name.endswith("-refused"):
+            if item.run.name.endswith("-refused") or item.run.spec.command.startswith("refuse"):
                 response.results.add(error=status_of(FailedPrecondition("it can never start", reason="RUN_NEVER_FITS")))
             elif item.run.name.endswith("-odd"):
                 response.results.add(error={"code": 99, "message": "a code from the future"})
@@ -138,3 +150,49 @@ async def test_a_submission_whose_caller_gives_up_is_still_answered_to_the_other
     assert isinstance(answer, scheduler_pb2.Run) and answer.name == "accounts/c/runs/run-2"
     await first
     assert scheduler.calls[1]["runs"] == ["accounts/b/runs/run-1", "accounts/c/runs/run-2"]
+
+
+async def test_a_batch_whose_refused_spec_cannot_be_removed_still_answers_each_caller(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway stores a batch of specs, then hands it to the scheduler in one call. Another
+    writer holds the database while the scheduler answers, so the refused run's spec cannot be
+    removed: the queued run is still answered as queued, the refused one as refused, and the spec
+    left behind is logged (a retry with its request_id would hand it over again)."""
+    database = tmp_path / "gateway.db"
+    engine = create_engine(f"sqlite:///{database}")
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    scheduler = FakeScheduler()
+    other_writer = sqlite3.connect(database, isolation_level=None)
+
+    def hold_the_file(call: int) -> None:
+        if call == 2:
+            other_writer.execute("BEGIN IMMEDIATE")
+
+    scheduler.during_call = hold_the_file
+    peers = SimpleNamespace(submissions=Submissions(scheduler))  # type: ignore[arg-type]  # all a submission needs
+    gateway = Gateway(GatewaySettings(), SpecRepository(engine), peers)  # type: ignore[arg-type]
+    try:
+        first = asyncio.create_task(gateway.create_run("a", "free", manifest("true"), b"", "r0"))
+        await asyncio.sleep(0.01)
+        queued = asyncio.create_task(gateway.create_run("a", "free", manifest("true"), b"", "r1"))
+        refused = asyncio.create_task(gateway.create_run("a", "free", manifest("refuse"), b"", "r2"))
+        await asyncio.sleep(0.01)
+        scheduler.release.set()
+        await first
+        answer = await queued
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await refused
+    finally:
+        other_writer.rollback()
+        other_writer.close()
+        await engine.dispose()
+
+    assert [len(call["runs"]) for call in scheduler.calls] == [1, 2]
+    assert answer.name.startswith("accounts/a/runs/run-")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "could not remove the specs of 1 refused runs" in caplog.text
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        stored = dict(db.execute("SELECT request_id, name FROM gateway_run_specs").fetchall())
+    assert set(stored) == {"r0", "r1", "r2"} and stored["r1"] == answer.name

@@ -34,10 +34,12 @@ class Submission:
 
 
 class Submissions:
-    """Runs handed to the scheduler. Those that arrive while one SubmitRuns call is answered go
-    together in the next (group commit across the hop: one call and one scheduler transaction for
-    many). Each caller gets its run, or raises the grpc.aio.AioRpcError that a call for its run
-    alone would have raised, status details included.
+    """Runs handed to the scheduler, several in one SubmitRuns call (one call and one scheduler
+    transaction for many). `send` sends a batch its caller made (the gateway's intake batches new
+    submissions with their specs); `submit` batches by itself the runs that arrive while its
+    previous call is answered (resubmissions, experiments' trials), so two calls may be in flight.
+    Each run gets its answer, or the grpc.aio.AioRpcError that a call for it alone would have
+    raised, status details included.
 
     A batch of one is sent in its caller's context (its trace, the account it acts for); a batch
     of several in a trace of its own, linked to each submission's span, and for no account (the

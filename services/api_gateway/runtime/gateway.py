@@ -168,7 +168,8 @@ class Gateway:
         SubmitRuns call; that call is what a batch waits on, so the submissions that arrive
         meanwhile form the next one. A spec whose request_id was stored first is not stored
         again: the spec stored then is handed over again instead, and the scheduler answers with
-        the run it already holds. The specs of runs the scheduler refuses are removed."""
+        the run it already holds. The specs of runs the scheduler refuses are removed. Once the
+        specs are stored, each caller gets its own answer: nothing after fails the whole batch."""
         found = await self.specs.add_many([intake.new for intake in batch])
         sent: dict[int, tuple[StoredSpec, Submission]] = {}  # by place in the batch
         for index, (intake, earlier) in enumerate(zip(batch, found, strict=True)):
@@ -187,7 +188,7 @@ class Gateway:
             replies: Sequence[scheduler_pb2.Run | BaseException]
             try:
                 replies = await self.peers.submissions.send([submission for _, submission in sent.values()])
-            except grpc.aio.AioRpcError as exc:  # the call itself failed: each run with its error
+            except Exception as exc:  # noqa: BLE001 - the call itself failed: each run with its error
                 replies = [exc] * len(sent)
             answers = dict(zip(sent, replies, strict=True))
             refused = [
@@ -196,7 +197,12 @@ class Gateway:
                 if isinstance(answer, grpc.aio.AioRpcError) and answer.code() in NOT_QUEUED
             ]
             if refused:
-                await self.specs.remove(refused)  # nothing half-written
+                try:
+                    await self.specs.remove(refused)  # nothing half-written
+                except Exception:  # the queued runs of the batch are still queued
+                    # Each caller still gets its own answer; a spec left behind is what a retry with its
+                    # request_id hands over again (and is refused again, or queued).
+                    log.exception("could not remove the specs of %d refused runs", len(refused))
         return [
             _Submitted(answers[index], retry=earlier is not None) if index in answers else cast(BaseException, earlier)
             for index, earlier in enumerate(found)

@@ -184,7 +184,30 @@ class Scheduler:
         return TierLimits(tier.max_gpus, tier.weight, frozenset(t.lower() for t in tier.allowed_gpu_types))
 
     async def submit(self, run: scheduler_pb2.Run, tier: str, trace_carrier: dict[str, str] | None = None) -> RunRow:
-        """Queues a run; its later work continues the trace of `trace_carrier` (by default, the current one)."""
+        """Queues a run; its later work continues the trace of `trace_carrier` (by default, the current one).
+        A run of that name already held is answered as it is (a retry)."""
+        try:
+            row, limits = await self._admissible(run, tier, trace_carrier)
+        except (InvalidArgument, FailedPrecondition):
+            # What would refuse it now (a tier changed, the month's allowance used up since) does not
+            # refuse a retry of a run already held: the gateway would forget a live run's spec.
+            async with self.engine.connect() as conn:
+                held = await self.repo.get(conn, run.name)
+            if held is not None:
+                return held
+            raise
+        # No lifecycle lock: an arrival only inserts, and the decision round it wakes reads it after commit.
+        queued = await self._arrivals.submit(_Arrival(row, limits.max_queued_runs))
+        if queued is not row:
+            return queued  # a retry of the same submission
+        row.transitions = [(QUEUED, row.created_ms)]
+        log.info("queued %s (%d GPU)", run.name, row.gpus)
+        return row
+
+    async def _admissible(
+        self, run: scheduler_pb2.Run, tier: str, trace_carrier: dict[str, str] | None
+    ) -> tuple[RunRow, Tier]:
+        """The run's row to queue and its tier's limits, or the refusal of a new run like it."""
         account = _account_of(run.name)
         spec = run.spec
         tiers = self.settings.tiers
@@ -228,13 +251,7 @@ class Scheduler:
                     "runs with GPUs can start again next month, or on another tier",
                     reason="ALLOWANCE_EXHAUSTED",
                 )
-        # No lifecycle lock: an arrival only inserts, and the decision round it wakes reads it after commit.
-        queued = await self._arrivals.submit(_Arrival(row, limits.max_queued_runs))
-        if queued is not row:
-            return queued  # a retry of the same submission
-        row.transitions = [(QUEUED, row.created_ms)]
-        log.info("queued %s (%d GPU)", run.name, row.gpus)
-        return row
+        return row, limits
 
     async def _queue_arrivals(self, arrivals: Sequence[_Arrival]) -> list[RunRow | BaseException]:
         """Queues a batch of arrivals in one transaction (group commit): each gets its row, the run
