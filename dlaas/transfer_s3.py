@@ -1035,15 +1035,19 @@ def _unfinished_upload(
     expected = {number: (offset, length) for number, offset, length in ranges}
     candidates = [n for n, (_, stored_size) in stored.items() if n in expected and expected[n][1] == stored_size]
 
-    def check(number: int) -> tuple[int, tuple[str, int] | None]:
-        offset, length = expected[number]
-        with open(path, "rb") as stream:
-            data = os.pread(stream.fileno(), length, offset)
-        if hashlib.md5(data, usedforsecurity=False).hexdigest() != stored[number][0]:
-            return number, None
-        return number, (stored[number][0], zlib.crc32(data))
+    with (
+        open(path, "rb") as stream,
+        ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="s3-part-check") as pool,
+    ):
+        fd = stream.fileno()
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="s3-part-check") as pool:
+        def check(number: int) -> tuple[int, tuple[str, int] | None]:
+            offset, length = expected[number]
+            data = os.pread(fd, length, offset)
+            if hashlib.md5(data, usedforsecurity=False).hexdigest() != stored[number][0]:
+                return number, None
+            return number, (stored[number][0], zlib.crc32(data))
+
         checked = _run_all(pool, [pool.submit(check, n) for n in candidates])
     return upload_id, {number: kept for number, kept in checked if kept is not None}
 

@@ -36,11 +36,8 @@ class Cursor:
     def __init__(self, cursor: sqlite3.Cursor):
         self._cursor = cursor
 
-    async def __aenter__(self) -> Cursor:
+    async def __aenter__(self) -> Cursor:  # SQLAlchemy's adapter enters each cursor it makes
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._cursor.close()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._rows()
@@ -116,9 +113,6 @@ class Connection:
 
     def cursor(self) -> Cursor:
         return Cursor(self._conn.cursor())
-
-    async def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> Cursor:
-        return Cursor(self._conn.execute(sql, parameters))
 
     @property
     def isolation_level(self) -> str | None:

@@ -53,7 +53,6 @@ class _Intake:
 
     new: NewSpec
     spec: run_pb2.RunSpec  # new.spec.spec, parsed
-    code: run_pb2.ObjectLocation | None
     tier: str
     context: contextvars.Context  # the submitting call's
 
@@ -156,7 +155,7 @@ class Gateway:
             name, account, request_id or None, parsed.spec.SerializeToString(), code.prefix if code else None, False
         )
         new = NewSpec(stored, _redacted(manifest, parsed), now_ms())
-        submitted = await self._intake.submit(_Intake(new, parsed.spec, code, tier, contextvars.copy_context()))
+        submitted = await self._intake.submit(_Intake(new, parsed.spec, tier, contextvars.copy_context()))
         if submitted.retry:
             give_back()  # a retry, or another call with the same request_id that stored first: not a new one
         if isinstance(submitted.run, BaseException):
@@ -175,12 +174,8 @@ class Gateway:
         for index, (intake, earlier) in enumerate(zip(batch, found, strict=True)):
             if isinstance(earlier, BaseException):
                 continue  # not stored: its caller gets why
-            stored, spec, code = intake.new.spec, intake.spec, intake.code
-            if earlier is not None:
-                stored, spec, code = earlier, run_pb2.RunSpec.FromString(earlier.spec), self._code(earlier)
-            run = scheduler_pb2.Run(name=stored.name, spec=spec)
-            if code is not None:
-                run.code.CopyFrom(code)
+            stored = earlier or intake.new.spec
+            run = self._run(stored, intake.spec if earlier is None else None)
             # Prepared in the submitting call's context: the run carries its trace.
             sent[index] = (stored, intake.context.run(Submissions.prepare, run, intake.tier))
         answers: dict[int, scheduler_pb2.Run | BaseException] = {}
@@ -208,19 +203,19 @@ class Gateway:
             for index, earlier in enumerate(found)
         ]
 
-    def _code(self, stored: StoredSpec) -> run_pb2.ObjectLocation | None:
-        if not stored.code_key:
-            return None
-        return run_pb2.ObjectLocation(bucket=self.settings.code_bucket, prefix=stored.code_key)
+    def _run(self, stored: StoredSpec, spec: run_pb2.RunSpec | None = None) -> scheduler_pb2.Run:
+        """The run a stored spec stands for; `spec`: its spec already parsed."""
+        if spec is None:
+            spec = run_pb2.RunSpec.FromString(stored.spec)
+        run = scheduler_pb2.Run(name=stored.name, spec=spec)
+        if stored.code_key:
+            run.code.CopyFrom(run_pb2.ObjectLocation(bucket=self.settings.code_bucket, prefix=stored.code_key))
+        return run
 
     async def _resubmit(self, stored: StoredSpec, tier: str) -> scheduler_pb2.Run:
         """A retry: handed to the scheduler again, which answers with the run it already holds."""
-        run = scheduler_pb2.Run(name=stored.name, spec=run_pb2.RunSpec.FromString(stored.spec))
-        code = self._code(stored)
-        if code is not None:
-            run.code.CopyFrom(code)
         try:
-            return await self.peers.submissions.submit(run, tier)
+            return await self.peers.submissions.submit(self._run(stored), tier)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in NOT_QUEUED:
                 await self.specs.remove([stored.name])  # nothing half-written
