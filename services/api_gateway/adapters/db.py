@@ -21,7 +21,6 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    tuple_,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -66,8 +65,12 @@ class NewSpec:
 
 # The statements of every submission, built once (SQLAlchemy then reuses their cache keys).
 _INSERT = insert(run_specs)
+# Each column IN its own list, not (account, request_id) IN a list of pairs: SQLite answers that
+# row-value IN by scanning the whole table, this one through the unique index. The rows of pairs
+# that were not asked for (another account's request_id) are dropped by the caller's lookup.
 _BY_REQUESTS = select(run_specs).where(
-    tuple_(run_specs.c.account, run_specs.c.request_id).in_(bindparam("keys", expanding=True))
+    run_specs.c.account.in_(bindparam("accounts", expanding=True)),
+    run_specs.c.request_id.in_(bindparam("ids", expanding=True)),
 )
 
 
@@ -103,7 +106,9 @@ class SpecRepository:
             keys = {(a.spec.account, a.spec.request_id) for a in adds if a.spec.request_id}
             earlier: dict[tuple[str, str | None], StoredSpec] = {}
             if keys:
-                rows = await conn.execute(_BY_REQUESTS, {"keys": list(keys)})
+                rows = await conn.execute(
+                    _BY_REQUESTS, {"accounts": list({k[0] for k in keys}), "ids": list({k[1] for k in keys})}
+                )
                 earlier = {(r.account, r.request_id): _stored(r) for r in rows}
             outcomes: list[StoredSpec | BaseException | None] = []
             new = []

@@ -127,6 +127,8 @@ class UsageRepository:
                 # ORDER BY: rows are locked in key order, as every other batch locks them.
                 locked = (
                     select(intervals)
+                    # run IN as well: SQLite answers the row-value IN alone by scanning the table.
+                    .where(intervals.c.run.in_(sorted({run for run, _ in chunk})))
                     .where(tuple_(intervals.c.run, intervals.c.attempt).in_(chunk))
                     .order_by(intervals.c.run, intervals.c.attempt)
                     .with_for_update()
