@@ -8,7 +8,10 @@ in one SubmitRuns call). One virtual GPU, held by a long first run, keeps every 
 The clients first send `--warmup` submissions that are not counted: a new platform's first calls
 fill its caches (a key's check, SQLAlchemy's compiled statements for each batch size) and take
 up to three times longer; their p99 is printed apart. Last line, for the counted ones:
-`submissions_per_s=… p50_ms=… p99_ms=…`.
+`submissions_per_s=… p50_ms=… p99_ms=… floor_calls_per_s=… vs_floor=…`. The floor is measured
+in the same run: as many bare gRPC calls (health checks) to the same gateway from as many
+clients. This machine's speed varies up to 2x over a day; `vs_floor`, the submissions' rate as a
+share of the floor's, compares runs of different hours.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dlaas import platform
 from dlaas.config import config_path, read_config
@@ -54,6 +58,23 @@ async def client(
         latencies.append((time.perf_counter() - started) * 1000)
 
 
+async def health_checks(channel: grpc.aio.Channel, count: int, concurrency: int) -> float:
+    """Calls per second of the gateway's bare unary call (gRPC health, no guard, no work): this
+    machine's floor for one gRPC call, measured in the same run as the submissions."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service="")
+    left = [count]
+
+    async def checker() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            await stub.Check(request, timeout=60)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(checker() for _ in range(concurrency)))
+    return count / (time.perf_counter() - started)
+
+
 async def submit_all(
     stub: gateway_pb2_grpc.TrainingServiceAsyncStub, names: list[str], concurrency: int
 ) -> tuple[float, list[float]]:
@@ -74,8 +95,9 @@ def cpu_by_process(pids: dict[str, int]) -> dict[str, float]:
 
 async def run(
     address: str, key: str, count: int, concurrency: int, warmup: int, pids: dict[str, int]
-) -> tuple[float, list[float], dict[str, float]]:
-    """Elapsed seconds, latencies and CPU ms per submission by process, of the counted submissions."""
+) -> tuple[float, list[float], dict[str, float], float]:
+    """Elapsed seconds, latencies and CPU ms per submission by process, of the counted submissions;
+    then the floor: bare gRPC calls per second to the same gateway."""
     async with grpc.aio.insecure_channel(address, interceptors=aio_interceptors(bearer(key))) as channel:
         stub = gateway_pb2_grpc.TrainingServiceStub(channel)
         holder = await stub.CreateRun(
@@ -92,12 +114,13 @@ async def run(
         # CPU per submission, by process: what the throughput costs, whatever else the machine runs.
         after = cpu_by_process(pids)
         cpu_ms = {name: (after[name] - before[name]) * 1000 / count for name in before}
+        floor = await health_checks(channel, count, concurrency)
         # Runners outlive the platform by design: stop the one holding the GPU before going down.
         await stub.CancelRun(gateway_pb2.CancelRunRequest(name=holder.name))
         async for run in stub.WatchRun(gateway_pb2.WatchRunRequest(name=holder.name), timeout=60):
             if run.status.state in (run_pb2.RUN_STATE_CANCELLED, run_pb2.RUN_STATE_FAILED):
                 break
-        return elapsed, latencies, cpu_ms
+        return elapsed, latencies, cpu_ms, floor
 
 
 def main() -> None:
@@ -125,7 +148,7 @@ def main() -> None:
             )
         key = read_config(config_path(home))["api_key"]
         pids = {name: p.pid for name, p in started.items()}
-        elapsed, latencies, cpu_ms = asyncio.run(
+        elapsed, latencies, cpu_ms, floor = asyncio.run(
             run(started["api_gateway"].address, key, args.count, args.concurrency, args.warmup, pids)
         )
     finally:
@@ -133,8 +156,11 @@ def main() -> None:
     p99 = statistics.quantiles(latencies, n=100)[98]
     print(f"count={args.count} concurrency={args.concurrency} elapsed_s={elapsed:.2f} home={home}")
     print("cpu_ms_per_submission " + " ".join(f"{name}={ms:.2f}" for name, ms in sorted(cpu_ms.items())))
+    rate = len(latencies) / elapsed
+    # The machine's speed varies up to 2x over a day; the share of the bare call's rate does not.
     print(
-        f"submissions_per_s={len(latencies) / elapsed:.0f} p50_ms={statistics.median(latencies):.1f} p99_ms={p99:.1f}"
+        f"submissions_per_s={rate:.0f} p50_ms={statistics.median(latencies):.1f} p99_ms={p99:.1f}"
+        f" floor_calls_per_s={floor:.0f} vs_floor={rate / floor:.3f}"
     )
 
 
