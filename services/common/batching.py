@@ -37,15 +37,28 @@ class GroupWriter(Generic[Item, Result]):
         self._writer: asyncio.Task[None] | None = None
 
     async def submit(self, item: Item) -> Result:
+        future = self._enqueue(item)
+        # The batch is written whether or not this caller still waits (a cancelled call's row may land,
+        # as it could before a commit): shield it, so one caller's cancellation fails nobody else's write.
+        return await asyncio.shield(future)
+
+    async def submit_many(self, items: Sequence[Item]) -> list[Result | BaseException]:
+        """Each item's outcome: its result, or the exception `submit` would raise for it. The items
+        go in the batches that calls of `submit` would put them in, without a task or a wait each."""
+        futures = [self._enqueue(item) for item in items]
+        if futures:
+            # Written whether or not this caller still waits, as in `submit` (wait cancels nothing).
+            await asyncio.wait(futures)
+        return [future.exception() or future.result() for future in futures]
+
+    def _enqueue(self, item: Item) -> asyncio.Future[Result]:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)  # a caller that gave up leaves no "never retrieved" warning
         self._pending.append((item, future))
         if self._writer is None or self._writer.done():
             # A batch is nobody's: written outside any caller's context (its trace, its log bindings).
             self._writer = asyncio.create_task(self._drain(), context=contextvars.Context())
-        # The batch is written whether or not this caller still waits (a cancelled call's row may land,
-        # as it could before a commit): shield it, so one caller's cancellation fails nobody else's write.
-        return await asyncio.shield(future)
+        return future
 
     async def _drain(self) -> None:
         while self._pending:

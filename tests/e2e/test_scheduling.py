@@ -340,3 +340,29 @@ async def test_submit_runs_answers_each_run_in_order_and_refuses_an_empty_or_ove
             assert count in (refused.value.details() or "")
         cancelled = await scheduler.CancelRun(scheduler_pb2.CancelRunRequest(name=good.name))
         assert cancelled.status.state == run_pb2.RUN_STATE_CANCELLED
+
+
+async def test_a_submit_runs_call_checks_each_accounts_monthly_allowance_once(one_gpu: Platform) -> None:
+    """Runs with GPUs on a tier with a monthly allowance are checked against the account's usage
+    in metering: once per account of a call, not once per run (a burst of a free account's
+    submissions would otherwise cost metering a call each)."""
+    p = one_gpu
+    holder = await submit(p.client, manifest("python -c 'import time; time.sleep(30)'"))
+    await wait_for(p.client, holder.name, {run_pb2.RUN_STATE_RUNNING})  # arrivals now wake no round
+    usage = "/dlaas.metering.v1.MeteringService/GetMonthlyUsage"
+    spec = run_pb2.RunSpec(command="true", resources=run_pb2.Resources(gpus=1))
+    requests = [
+        scheduler_pb2.SubmitRunRequest(run=scheduler_pb2.Run(name=f"accounts/{account}/runs/run-m{i}", spec=spec))
+        for i, account in enumerate(["default"] * 5 + ["second"] * 3)
+    ]
+    before = RPC_HANDLED.labels("metering", usage, "OK")._value.get()
+    async with service_channel(p.scheduler.address) as channel:
+        scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        response = await scheduler.SubmitRuns(scheduler_pb2.SubmitRunsRequest(requests=requests))
+        looked_up = RPC_HANDLED.labels("metering", usage, "OK")._value.get() - before
+        for result in response.results:
+            await scheduler.CancelRun(scheduler_pb2.CancelRunRequest(name=result.run.name))
+
+    assert [r.run.status.state for r in response.results] == [run_pb2.RUN_STATE_QUEUED] * 8
+    assert looked_up == 2
+    await p.client.CancelRun(gateway_pb2.CancelRunRequest(name=holder.name))

@@ -12,12 +12,11 @@ from dlaas.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from dlaas.types.v1 import run_pb2
 from services.common import names, pagination
 from services.common.batching import MAX_BATCH
-from services.common.errors import InvalidArgument
-from services.common.logs import bind_account, bind_run
+from services.common.errors import DomainError, InvalidArgument
 from services.common.server import status_for
 from services.scheduler.adapters.db import RunRow
 from services.scheduler.domain.model import QUEUED, Node, Waiting, results_location
-from services.scheduler.runtime.scheduler import Scheduler
+from services.scheduler.runtime.scheduler import Scheduler, Submission
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_POINTS_PER_BATCH = 500  # what the runner sends at most (dlaas.runner.metrics.BATCH_POINTS)
@@ -53,6 +52,14 @@ def to_proto(run: RunRow, waiting: Waiting | None = None) -> scheduler_pb2.Run:
     return proto
 
 
+def _submission(request: scheduler_pb2.SubmitRunRequest) -> Submission:
+    """One run of a SubmitRuns call, checked as if it had come alone."""
+    names.parse_run(request.run.name, "run.name")
+    if not request.run.spec.command:
+        raise InvalidArgument.field("run.spec.command", "is required")
+    return Submission(request.run, request.tier or "free", dict(request.trace_context))
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler
@@ -67,27 +74,25 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise InvalidArgument.field("requests", "at least one run is required")
         if len(request.requests) > MAX_BATCH:
             raise InvalidArgument.field("requests", f"at most {MAX_BATCH} runs a call")
-        # Concurrently: the runs that pass their checks meet in one batch of the scheduler's writer.
-        outcomes = await asyncio.gather(*(self._submit(r) for r in request.requests), return_exceptions=True)
+        outcomes: list[RunRow | BaseException | None] = []
+        submissions: list[Submission] = []
+        for item in request.requests:
+            try:
+                submissions.append(_submission(item))
+                outcomes.append(None)  # the scheduler's answer, below
+            except DomainError as exc:
+                outcomes.append(exc)
+        answers = iter(await self.scheduler.submit_many(submissions))
         response = scheduler_pb2.SubmitRunsResponse()
         for item, outcome in zip(request.requests, outcomes, strict=True):
+            outcome = next(answers) if outcome is None else outcome
             if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
-            if isinstance(outcome, BaseException):
-                response.results.add(error=status_for(outcome, f"SubmitRuns of {item.run.name}"))
+            if isinstance(outcome, RunRow):
+                response.results.add(run=self._proto(outcome))
             else:
-                response.results.add(run=outcome)
+                response.results.add(error=status_for(outcome, f"SubmitRuns of {item.run.name}"))
         return response
-
-    async def _submit(self, request: scheduler_pb2.SubmitRunRequest) -> scheduler_pb2.Run:
-        """One run of a SubmitRuns call, checked and answered as if it had come alone."""
-        account, _ = names.parse_run(request.run.name, "run.name")
-        bind_run(request.run.name)
-        bind_account(account)  # the call's header names one account; a call carries runs of several
-        if not request.run.spec.command:
-            raise InvalidArgument.field("run.spec.command", "is required")
-        run = await self.scheduler.submit(request.run, request.tier or "free", dict(request.trace_context))
-        return self._proto(run)
 
     async def GetRun(self, request: scheduler_pb2.GetRunRequest, context: Context) -> scheduler_pb2.Run:
         names.parse_run(request.name)

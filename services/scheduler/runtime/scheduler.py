@@ -35,6 +35,7 @@ from dlaas.types.v1 import run_pb2
 from services.common.batching import GroupWriter
 from services.common.errors import (
     Aborted,
+    DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -126,11 +127,21 @@ def _stopped_by_deadline(run: RunRow, state: int, reason: int) -> tuple[int, int
 
 
 @dataclass(frozen=True)
+class Submission:
+    """A run to queue, with the tier its caller asked for and the trace its later work continues."""
+
+    run: scheduler_pb2.Run
+    tier: str
+    trace_carrier: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class _Arrival:
-    """A submission waiting to be queued: its row, and its tier's cap on queued runs."""
+    """A submission waiting to be queued: its row, and its tier's cap on queued runs and monthly GPU-hours."""
 
     row: RunRow
     max_queued_runs: int
+    monthly_gpu_hours: float | None = None
 
 
 class Scheduler:
@@ -183,40 +194,52 @@ class Scheduler:
     def _limits(self, tier: Tier) -> TierLimits:
         return TierLimits(tier.max_gpus, tier.weight, frozenset(t.lower() for t in tier.allowed_gpu_types))
 
-    async def submit(self, run: scheduler_pb2.Run, tier: str, trace_carrier: dict[str, str] | None = None) -> RunRow:
-        """Queues a run; its later work continues the trace of `trace_carrier` (by default, the current one).
-        A run of that name already held is answered as it is (a retry)."""
-        try:
-            row, limits = await self._admissible(run, tier, trace_carrier)
-        except (InvalidArgument, FailedPrecondition):
-            # What would refuse it now (a tier changed, the month's allowance used up since) does not
-            # refuse a retry of a run already held: the gateway would forget a live run's spec.
+    async def submit_many(self, submissions: Sequence[Submission]) -> list[RunRow | BaseException]:
+        """Queues runs in one batch of the arrivals' writer. Each gets what a call for it alone
+        would answer: its row, the run already held under its name (a retry), or its refusal.
+        Their later work continues the trace of their `trace_carrier` (by default, the current one)."""
+        tiers = await self._account_tiers()
+        checked: list[_Arrival | DomainError] = []
+        for submission in submissions:
+            try:
+                checked.append(self._admissible(submission, tiers))
+            except (InvalidArgument, FailedPrecondition) as exc:
+                checked.append(exc)
+        await self._check_allowances(checked)
+        answers: list[RunRow | BaseException] = [c if isinstance(c, DomainError) else c.row for c in checked]
+        refused = {s.run.name for s, c in zip(submissions, checked, strict=True) if isinstance(c, DomainError)}
+        if refused:
+            # What would refuse a run now (a tier changed, the month's allowance used up since) does
+            # not refuse a retry of a run already held: the gateway would forget a live run's spec.
+            held: dict[str, RunRow] = {}
             async with self.engine.connect() as conn:
-                held = await self.repo.get(conn, run.name)
-            if held is not None:
-                return held
-            raise
+                for name in await self.repo.existing(conn, refused):
+                    if (row := await self.repo.get(conn, name)) is not None:
+                        held[name] = row
+            answers = [held.get(s.run.name, a) for s, a in zip(submissions, answers, strict=True)]
         # No lifecycle lock: an arrival only inserts, and the decision round it wakes reads it after commit.
-        queued = await self._arrivals.submit(_Arrival(row, limits.max_queued_runs))
-        if queued is not row:
-            return queued  # a retry of the same submission
-        row.transitions = [(QUEUED, row.created_ms)]
-        log.info("queued %s (%d GPU)", run.name, row.gpus)
-        return row
+        arrivals = [(i, c) for i, c in enumerate(checked) if isinstance(c, _Arrival)]
+        outcomes = await self._arrivals.submit_many([arrival for _, arrival in arrivals])
+        for (index, arrival), outcome in zip(arrivals, outcomes, strict=True):
+            answers[index] = outcome
+            if outcome is arrival.row:  # not a retry of the same submission, nor refused
+                arrival.row.transitions = [(QUEUED, arrival.row.created_ms)]
+                with bound_run(arrival.row.name):
+                    log.info("queued %s (%d GPU)", arrival.row.name, arrival.row.gpus)
+        return answers
 
-    async def _admissible(
-        self, run: scheduler_pb2.Run, tier: str, trace_carrier: dict[str, str] | None
-    ) -> tuple[RunRow, Tier]:
-        """The run's row to queue and its tier's limits, or the refusal of a new run like it."""
-        account = _account_of(run.name)
-        spec = run.spec
-        tiers = self.settings.tiers
-        if tier not in tiers:
-            raise InvalidArgument.field("tier", f"unknown tier {tier!r} (known: {', '.join(sorted(tiers))})")
+    def _admissible(self, submission: Submission, tiers: dict[str, str]) -> _Arrival:
+        """The arrival to queue for a run, or the refusal of a new run like it (the monthly
+        allowance is checked after, once for the whole batch: `_check_allowances`)."""
+        run, spec = submission.run, submission.run.spec
+        if submission.tier not in self.settings.tiers:
+            known = ", ".join(sorted(self.settings.tiers))
+            raise InvalidArgument.field("tier", f"unknown tier {submission.tier!r} (known: {known})")
         refusal = self.backend.refusal(spec)
         if refusal is not None:
             raise FailedPrecondition(refusal[0], reason=refusal[1])
-        tier = (await self._account_tiers()).get(account, tier)
+        account = _account_of(run.name)
+        tier = tiers.get(account, submission.tier)
         limits = self._tier(tier)
         runtime_s = limits.max_runtime_s
         if spec.HasField("max_runtime") and spec.max_runtime.seconds > 0:
@@ -232,26 +255,37 @@ class Scheduler:
             state=QUEUED,
             attempt=0,
             created_ms=now_ms(),
-            trace_carrier=trace_carrier or current_carrier(),
+            trace_carrier=submission.trace_carrier or current_carrier(),
             learners=max(spec.resources.learners, 1),
             priority=spec.priority,
             max_runtime_s=runtime_s,
         )
-        candidate = _queued(row)
-        why = never_fits(candidate, self._limits(limits), self.nodes)
+        why = never_fits(_queued(row), self._limits(limits), self.nodes)
         if why:
             raise FailedPrecondition(f"the run can never start: {why}", reason="RUN_NEVER_FITS")
-        if limits.monthly_gpu_hours is not None and candidate.total_gpus > 0:
-            async with self.engine.connect() as conn:
-                live = await self.repo.in_states(conn, LIVE, account=account)
-            left = await self._allowance_left({account: limits.monthly_gpu_hours}, live, now_ms())
-            if left.get(account, 1) <= 0:
-                raise FailedPrecondition(
-                    f"the tier's {limits.monthly_gpu_hours:g} GPU-hours for this month are used up; "
+        return _Arrival(row, limits.max_queued_runs, limits.monthly_gpu_hours)
+
+    async def _check_allowances(self, checked: list[_Arrival | DomainError]) -> None:
+        """Refuses, in place, the runs with GPUs of accounts whose monthly allowance is used up:
+        one look at each account's usage for the whole batch."""
+        hours = {
+            c.row.account: c.monthly_gpu_hours
+            for c in checked
+            if isinstance(c, _Arrival) and c.monthly_gpu_hours is not None and c.row.gpus > 0
+        }
+        if not hours:
+            return
+        async with self.engine.connect() as conn:
+            live = [r for r in await self.repo.in_states(conn, LIVE) if r.account in hours]
+        left = await self._allowance_left(hours, live, now_ms())
+        used_up = {account for account, milliseconds in left.items() if milliseconds <= 0}
+        for index, c in enumerate(checked):
+            if isinstance(c, _Arrival) and c.row.gpus > 0 and c.row.account in used_up:
+                checked[index] = FailedPrecondition(
+                    f"the tier's {hours[c.row.account]:g} GPU-hours for this month are used up; "
                     "runs with GPUs can start again next month, or on another tier",
                     reason="ALLOWANCE_EXHAUSTED",
                 )
-        return row, limits
 
     async def _queue_arrivals(self, arrivals: Sequence[_Arrival]) -> list[RunRow | BaseException]:
         """Queues a batch of arrivals in one transaction (group commit): each gets its row, the run
