@@ -17,12 +17,15 @@ _account: contextvars.ContextVar[str] = contextvars.ContextVar("dlaas_account", 
 
 
 @contextmanager
-def bound_run(run: str) -> Iterator[None]:
-    """Every log line written inside carries `run` (a run's name or id)."""
+def bound_run(run: str, account: str = "") -> Iterator[None]:
+    """Every log line written inside carries `run` (a run's name or id), and `account` if given."""
     token = _run_id.set(run)
+    account_token = _account.set(account) if account else None
     try:
         yield
     finally:
+        if account_token is not None:
+            _account.reset(account_token)
         _run_id.reset(token)
 
 

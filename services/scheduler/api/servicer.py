@@ -12,7 +12,8 @@ from dlaas.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from dlaas.types.v1 import run_pb2
 from services.common import names, pagination
 from services.common.batching import MAX_BATCH
-from services.common.errors import DomainError, InvalidArgument
+from services.common.errors import InvalidArgument
+from services.common.logs import bound_run
 from services.common.server import status_for
 from services.scheduler.adapters.db import RunRow
 from services.scheduler.domain.model import QUEUED, Node, Waiting, results_location
@@ -52,6 +53,14 @@ def to_proto(run: RunRow, waiting: Waiting | None = None) -> scheduler_pb2.Run:
     return proto
 
 
+def _account(run: str) -> str:
+    """The account of a run's name, or "" for a name that is not one."""
+    try:
+        return names.parse_run(run)[0]
+    except InvalidArgument:
+        return ""
+
+
 def _submission(request: scheduler_pb2.SubmitRunRequest) -> Submission:
     """One run of a SubmitRuns call, checked as if it had come alone."""
     names.parse_run(request.run.name, "run.name")
@@ -80,7 +89,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             try:
                 submissions.append(_submission(item))
                 outcomes.append(None)  # the scheduler's answer, below
-            except DomainError as exc:
+            except Exception as exc:  # noqa: BLE001 - this run's answer, the others go on
                 outcomes.append(exc)
         answers = iter(await self.scheduler.submit_many(submissions))
         response = scheduler_pb2.SubmitRunsResponse()
@@ -91,7 +100,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             if isinstance(outcome, RunRow):
                 response.results.add(run=self._proto(outcome))
             else:
-                response.results.add(error=status_for(outcome, f"SubmitRuns of {item.run.name}"))
+                # The account's logs carry what went wrong with its run (a call carries several accounts').
+                with bound_run(item.run.name, _account(item.run.name)):
+                    response.results.add(error=status_for(outcome, f"SubmitRuns of {item.run.name}"))
         return response
 
     async def GetRun(self, request: scheduler_pb2.GetRunRequest, context: Context) -> scheduler_pb2.Run:

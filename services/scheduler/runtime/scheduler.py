@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import sys
 from collections import defaultdict
@@ -196,26 +197,28 @@ class Scheduler:
 
     async def submit_many(self, submissions: Sequence[Submission]) -> list[RunRow | BaseException]:
         """Queues runs in one batch of the arrivals' writer. Each gets what a call for it alone
-        would answer: its row, the run already held under its name (a retry), or its refusal.
+        would answer: its row, the run already held under its name (a retry), or its refusal; a
+        failure (a database or metering error) fails the runs it concerns, not the others.
         Their later work continues the trace of their `trace_carrier` (by default, the current one)."""
         tiers = await self._account_tiers()
-        checked: list[_Arrival | DomainError] = []
+        checked: list[_Arrival | BaseException] = []
         for submission in submissions:
-            try:
-                checked.append(self._admissible(submission, tiers))
-            except (InvalidArgument, FailedPrecondition) as exc:
-                checked.append(exc)
+            with bound_run(submission.run.name, _account_of(submission.run.name)):
+                try:
+                    checked.append(self._admissible(submission, tiers))
+                except Exception as exc:  # noqa: BLE001 - a refusal, or an error of this run alone
+                    checked.append(exc)
         await self._check_allowances(checked)
-        answers: list[RunRow | BaseException] = [c if isinstance(c, DomainError) else c.row for c in checked]
+        answers = [c.row if isinstance(c, _Arrival) else c for c in checked]
         refused = {s.run.name for s, c in zip(submissions, checked, strict=True) if isinstance(c, DomainError)}
         if refused:
             # What would refuse a run now (a tier changed, the month's allowance used up since) does
             # not refuse a retry of a run already held: the gateway would forget a live run's spec.
-            held: dict[str, RunRow] = {}
-            async with self.engine.connect() as conn:
-                for name in await self.repo.existing(conn, refused):
-                    if (row := await self.repo.get(conn, name)) is not None:
-                        held[name] = row
+            held: dict[str, RunRow | BaseException]
+            try:
+                held = dict(await self._held(refused))
+            except Exception as exc:  # noqa: BLE001 - held or not is unknown: not a refusal, an error
+                held = dict.fromkeys(refused, exc)
             answers = [held.get(s.run.name, a) for s, a in zip(submissions, answers, strict=True)]
         # No lifecycle lock: an arrival only inserts, and the decision round it wakes reads it after commit.
         arrivals = [(i, c) for i, c in enumerate(checked) if isinstance(c, _Arrival)]
@@ -224,9 +227,18 @@ class Scheduler:
             answers[index] = outcome
             if outcome is arrival.row:  # not a retry of the same submission, nor refused
                 arrival.row.transitions = [(QUEUED, arrival.row.created_ms)]
-                with bound_run(arrival.row.name):
+                with bound_run(arrival.row.name, arrival.row.account):
                     log.info("queued %s (%d GPU)", arrival.row.name, arrival.row.gpus)
         return answers
+
+    async def _held(self, names: set[str]) -> dict[str, RunRow]:
+        """The runs of these names this scheduler holds."""
+        held: dict[str, RunRow] = {}
+        async with self.engine.connect() as conn:
+            for name in await self.repo.existing(conn, names):
+                if (row := await self.repo.get(conn, name)) is not None:
+                    held[name] = row
+        return held
 
     def _admissible(self, submission: Submission, tiers: dict[str, str]) -> _Arrival:
         """The arrival to queue for a run, or the refusal of a new run like it (the monthly
@@ -265,27 +277,39 @@ class Scheduler:
             raise FailedPrecondition(f"the run can never start: {why}", reason="RUN_NEVER_FITS")
         return _Arrival(row, limits.max_queued_runs, limits.monthly_gpu_hours)
 
-    async def _check_allowances(self, checked: list[_Arrival | DomainError]) -> None:
+    async def _check_allowances(self, checked: list[_Arrival | BaseException]) -> None:
         """Refuses, in place, the runs with GPUs of accounts whose monthly allowance is used up:
-        one look at each account's usage for the whole batch."""
-        hours = {
-            c.row.account: c.monthly_gpu_hours
-            for c in checked
-            if isinstance(c, _Arrival) and c.monthly_gpu_hours is not None and c.row.gpus > 0
-        }
+        one look at each account's usage for the whole batch. If the look fails (the database),
+        the runs it was for fail with its error."""
+
+        def concerned(c: _Arrival | BaseException) -> _Arrival | None:
+            return c if isinstance(c, _Arrival) and c.monthly_gpu_hours is not None and c.row.gpus > 0 else None
+
+        hours: dict[str, float] = {}
+        for c in checked:
+            if (arrival := concerned(c)) is not None and arrival.monthly_gpu_hours is not None:
+                # Runs of one account sent with different tiers (it has none recorded yet): the smaller.
+                hours[arrival.row.account] = min(hours.get(arrival.row.account, math.inf), arrival.monthly_gpu_hours)
         if not hours:
             return
-        async with self.engine.connect() as conn:
-            live = [r for r in await self.repo.in_states(conn, LIVE) if r.account in hours]
-        left = await self._allowance_left(hours, live, now_ms())
-        used_up = {account for account, milliseconds in left.items() if milliseconds <= 0}
+        outcome: dict[str, BaseException] = {}
+        try:
+            live: list[RunRow] = []
+            async with self.engine.connect() as conn:
+                for account in hours:
+                    live += await self.repo.in_states(conn, LIVE, account=account)
+            for account, left in (await self._allowance_left(hours, live, now_ms())).items():
+                if left <= 0:
+                    outcome[account] = FailedPrecondition(
+                        f"the tier's {hours[account]:g} GPU-hours for this month are used up; "
+                        "runs with GPUs can start again next month, or on another tier",
+                        reason="ALLOWANCE_EXHAUSTED",
+                    )
+        except Exception as exc:  # noqa: BLE001 - the runs it was for fail with it, not the whole call
+            outcome = dict.fromkeys(hours, exc)
         for index, c in enumerate(checked):
-            if isinstance(c, _Arrival) and c.row.gpus > 0 and c.row.account in used_up:
-                checked[index] = FailedPrecondition(
-                    f"the tier's {hours[c.row.account]:g} GPU-hours for this month are used up; "
-                    "runs with GPUs can start again next month, or on another tier",
-                    reason="ALLOWANCE_EXHAUSTED",
-                )
+            if (arrival := concerned(c)) is not None and arrival.row.account in outcome:
+                checked[index] = outcome[arrival.row.account]
 
     async def _queue_arrivals(self, arrivals: Sequence[_Arrival]) -> list[RunRow | BaseException]:
         """Queues a batch of arrivals in one transaction (group commit): each gets its row, the run
@@ -711,15 +735,18 @@ class Scheduler:
             self._spawn(self._launch(run, token))
 
     async def _closed_usage(self, accounts: Iterable[str]) -> dict[str, int | None]:
-        """This month's GPU-milliseconds of each account's closed intervals, from metering (None: no answer)."""
-        closed: dict[str, int | None] = {}
-        for account in accounts:
+        """This month's GPU-milliseconds of each account's closed intervals, from metering (None: no
+        answer). The accounts are asked at once: a metering that does not answer costs one timeout."""
+
+        async def closed(account: str) -> int | None:
             try:
-                closed[account] = (await self.peers.monthly_usage(account)).closed_gpu_milliseconds
+                return (await self.peers.monthly_usage(account)).closed_gpu_milliseconds
             except grpc.aio.AioRpcError as exc:
                 log.warning("metering did not answer (%s): %s's allowance not checked", exc.code().name, account)
-                closed[account] = None
-        return closed
+                return None
+
+        asked = list(accounts)
+        return dict(zip(asked, await asyncio.gather(*(closed(a) for a in asked)), strict=True))
 
     @staticmethod
     def _left(hours: float, closed: int, live: list[RunRow], account: str, now: int) -> int:
