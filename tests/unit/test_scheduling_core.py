@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.scheduler.domain.model import Allocation, Decisions, LiveRun, Node, QueuedRun, TierLimits
-from services.scheduler.domain.placement import decide, free_gpu_count, never_fits
+from services.scheduler.domain.placement import FitCheck, decide, free_gpu_count, never_fits
 
 TYPES = ["a100", "h100", "v100"]
 
@@ -182,6 +182,31 @@ def test_runs_that_can_never_fit_say_why() -> None:
     assert "allows at most 16" in (never_fits(QueuedRun("x", "a", 8, "", 0, learners=3), tier, nodes) or "")
     assert never_fits(QueuedRun("x", "a", 8, "", 0, learners=2), TierLimits(max_gpus=16), nodes) is not None
     assert never_fits(QueuedRun("x", "a", 4, "", 0, learners=2), tier, nodes) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    nodes=clusters(),
+    asks=st.lists(
+        st.tuples(
+            st.integers(0, 12),
+            st.sampled_from(["", "A100", "a100", "h100", "H100", "k80"]),
+            st.integers(1, 3),
+            st.sampled_from([TierLimits(1), TierLimits(16), TierLimits(16, allowed_gpu_types=frozenset({"a100"}))]),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+)
+def test_a_fit_check_answers_each_run_as_never_fits_does(
+    nodes: list[Node], asks: list[tuple[int, str, int, TierLimits]]
+) -> None:
+    """The scheduler asks once per run shape and tier (a check places the run on every node):
+    what it remembers is what never_fits answers for each run, whatever was asked before."""
+    check = FitCheck(nodes)
+    for i, (gpus, gpu_type, learners, tier) in enumerate(asks):
+        run = QueuedRun(f"r{i}", "a", gpus, gpu_type, i, learners=learners)
+        assert check.why_never(run, tier) == never_fits(run, tier, nodes)
 
 
 @settings(max_examples=200, deadline=None)

@@ -66,7 +66,7 @@ from services.scheduler.domain.model import (
     results_location,
     state_name,
 )
-from services.scheduler.domain.placement import decide, free_gpu_count, never_fits, over_allowance
+from services.scheduler.domain.placement import FitCheck, decide, free_gpu_count, over_allowance
 from services.scheduler.runtime.metrics_relay import MetricsRelay
 from services.scheduler.settings import SchedulerSettings, Tier
 
@@ -161,6 +161,7 @@ class Scheduler:
         self.backend = backend
         self.peers = peers
         self.nodes = nodes
+        self._fits = FitCheck(nodes)
         self.callback_address = callback_address
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -272,7 +273,7 @@ class Scheduler:
             priority=spec.priority,
             max_runtime_s=runtime_s,
         )
-        why = never_fits(_queued(row), self._limits(limits), self.nodes)
+        why = self._fits.why_never(_queued(row), self._limits(limits))
         if why:
             raise FailedPrecondition(f"the run can never start: {why}", reason="RUN_NEVER_FITS")
         return _Arrival(row, limits.max_queued_runs, limits.monthly_gpu_hours)
@@ -634,6 +635,7 @@ class Scheduler:
     def _nodes_changed(self, nodes: list[Node]) -> None:
         """The backend's nodes changed (added, lost, cordoned): the next round places on these."""
         self.nodes = nodes
+        self._fits = FitCheck(nodes)
         self._wake.set()
 
     async def dispatch_loop(self) -> None:
