@@ -8,7 +8,10 @@ Figures (last line):
 - decisions_per_s: queued runs decided (started or told why they wait) per second of decision time;
 - admissions_per_s: runs started per second of decision time;
 - p99_decision_ms: the 99th percentile of one round's time during churn;
-- gpu_utilization: busy GPU-time over available GPU-time while the queue is not empty (simulated clock).
+- gpu_utilization: busy GPU-time over available GPU-time while the queue is not empty (simulated clock);
+- submit_check_us: the check each submission gets (could the run ever fit: FitCheck, remembered
+  per run shape and tier), per run of the initial queue; uncached_check_us: the same check made
+  afresh (never_fits places the run on every node), on 200 of them.
 
 The core is measured alone (no database, no gRPC): the service adds the reads of its state per round.
 """
@@ -22,7 +25,7 @@ import statistics
 import time
 
 from services.scheduler.domain.model import LiveRun, Node, QueuedRun, TierLimits
-from services.scheduler.domain.placement import decide
+from services.scheduler.domain.placement import FitCheck, decide, never_fits
 
 TYPES = ["a100", "h100", "l4"]
 SHAPES = [(1, 1), (2, 1), (4, 1), (8, 1), (8, 2)]  # (GPUs per learner, learners)
@@ -62,6 +65,17 @@ def main() -> None:
     live: list[LiveRun] = []
     ends: list[tuple[int, str]] = []  # (end time, run) heap of the simulated clock
     durations = {r.name: r.max_runtime_ms for r in queued}
+
+    check = FitCheck(nodes)
+    started = time.perf_counter()
+    for run in queued:
+        check.why_never(run, tiers[run.account])
+    submit_check_us = (time.perf_counter() - started) * 1e6 / len(queued)
+    sample = queued[:200]
+    started = time.perf_counter()
+    for run in sample:
+        never_fits(run, tiers[run.account], nodes)
+    uncached_check_us = (time.perf_counter() - started) * 1e6 / len(sample)
 
     decided = admitted = 0
     decision_seconds = 0.0
@@ -107,7 +121,8 @@ def main() -> None:
     print(f"nodes={args.nodes} gpus={total_gpus} initial_queue={args.queued} rounds={args.rounds} seed={args.seed}")
     print(
         f"decisions_per_s={decided / decision_seconds:.0f} admissions_per_s={admitted / decision_seconds:.0f} "
-        f"p99_decision_ms={p99:.1f} gpu_utilization={utilization:.3f}"
+        f"p99_decision_ms={p99:.1f} gpu_utilization={utilization:.3f} "
+        f"submit_check_us={submit_check_us:.1f} uncached_check_us={uncached_check_us:.0f}"
     )
 
 
