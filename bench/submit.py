@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -44,18 +45,38 @@ results: {{bucket: bench}}
 """
 
 
-async def client(
-    stub: gateway_pb2_grpc.TrainingServiceAsyncStub, queue: asyncio.Queue[str], latencies: list[float]
-) -> None:
-    while True:
-        try:
-            i = queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return
-        request = gateway_pb2.CreateRunRequest(manifest=MANIFEST.format(i=i), request_id=uuid.uuid4().hex)
-        started = time.perf_counter()
-        await stub.CreateRun(request, timeout=60)
-        latencies.append((time.perf_counter() - started) * 1000)
+async def drive(
+    call: Callable[[str], Awaitable[object]], items: list[str], concurrency: int
+) -> tuple[float, list[float]]:
+    """`call` for each of `items` from `concurrency` clients, each making its next call as its last
+    is answered: elapsed seconds, and each call's latency (ms)."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    latencies: list[float] = []
+
+    async def client() -> None:
+        while not queue.empty():
+            item = queue.get_nowait()
+            started = time.perf_counter()
+            await call(item)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies
+
+
+async def submit_all(
+    stub: gateway_pb2_grpc.TrainingServiceAsyncStub, names: list[str], concurrency: int
+) -> tuple[float, list[float]]:
+    """A run named after each of `names`, submitted by `concurrency` clients."""
+
+    async def create(name: str) -> object:
+        request = gateway_pb2.CreateRunRequest(manifest=MANIFEST.format(i=name), request_id=uuid.uuid4().hex)
+        return await stub.CreateRun(request, timeout=60)
+
+    return await drive(create, names, concurrency)
 
 
 async def health_checks(channel: grpc.aio.Channel, count: int, concurrency: int) -> float:
@@ -63,29 +84,12 @@ async def health_checks(channel: grpc.aio.Channel, count: int, concurrency: int)
     machine's floor for one gRPC call, measured in the same run as the submissions."""
     stub = health_pb2_grpc.HealthStub(channel)
     request = health_pb2.HealthCheckRequest(service="")
-    left = [count]
 
-    async def checker() -> None:
-        while left[0] > 0:
-            left[0] -= 1
-            await stub.Check(request, timeout=60)
+    async def check(_: str) -> object:
+        return await stub.Check(request, timeout=60)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(checker() for _ in range(concurrency)))
-    return count / (time.perf_counter() - started)
-
-
-async def submit_all(
-    stub: gateway_pb2_grpc.TrainingServiceAsyncStub, names: list[str], concurrency: int
-) -> tuple[float, list[float]]:
-    """`names` submitted by `concurrency` clients, each sending its next as its last is answered."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for name in names:
-        queue.put_nowait(name)
-    latencies: list[float] = []
-    started = time.perf_counter()
-    await asyncio.gather(*(client(stub, queue, latencies) for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies
+    elapsed, _ = await drive(check, [""] * count, concurrency)
+    return count / elapsed
 
 
 def cpu_by_process(pids: dict[str, int]) -> dict[str, float]:

@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 import textwrap
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import SecretStr
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dlaas.credentials import aio_interceptors, bearer
 from dlaas.gateway.v1 import accounts_pb2, accounts_pb2_grpc, gateway_pb2, gateway_pb2_grpc
@@ -36,6 +39,7 @@ from services.api_gateway.app import build_server as build_gateway
 from services.api_gateway.domain.keys import new_key
 from services.api_gateway.settings import GatewaySettings
 from services.common.clients import open_channel
+from services.common.db import create_engine
 from services.common.server import CHANNEL_OPTIONS, Service
 from services.common.settings import ServiceCredentials
 from services.metering.app import build_server as build_metering
@@ -50,6 +54,19 @@ from services.storage.settings import StorageSettings
 # Uploads note their unfinished multipart uploads here, not in the user's cache.
 os.environ.setdefault("DLAAS_TRANSFER_STATE_DIR", tempfile.mkdtemp(prefix="dlaas-test-uploads-"))
 SERVICE_TOKEN = os.environ.setdefault("DLAAS_SERVICE_TOKEN", "test-service-" + uuid.uuid4().hex)
+
+
+@contextlib.asynccontextmanager
+async def sqlite_tables(database: Path, tables: MetaData) -> AsyncIterator[AsyncEngine]:
+    """A service's engine (db.create_engine) on the SQLite file `database`, with `tables` made;
+    disposed after."""
+    engine = create_engine(f"sqlite:///{database}")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(tables.create_all)
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 def service_channel(address: str) -> grpc.aio.Channel:

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api_gateway.adapters.db import NewSpec, SpecRepository, StoredSpec
 from services.api_gateway.adapters.db import metadata as gateway_tables
-from services.common.db import create_engine
 from services.metering.adapters.db import UsageRepository
 from services.metering.adapters.db import metadata as metering_tables
 from services.metering.domain.usage import EventKind, UsageEvent
+from tests.support import sqlite_tables
 
 
 @contextlib.contextmanager
@@ -52,11 +52,8 @@ def spec(account: str, request_id: str, n: int) -> NewSpec:
 
 async def test_a_batch_of_submissions_finds_its_earlier_request_ids_through_the_index(tmp_path: Path) -> None:
     database = tmp_path / "gateway.db"
-    engine = create_engine(f"sqlite:///{database}")
-    async with engine.begin() as conn:
-        await conn.run_sync(gateway_tables.create_all)
-    specs = SpecRepository(engine)
-    try:
+    async with sqlite_tables(database, gateway_tables) as engine:
+        specs = SpecRepository(engine)
         await specs.add_many([spec(f"acct-{i % 7}", f"r{i}", i) for i in range(200)])
         await specs.add_many([spec("a", "r1", 1001), spec("a", "r2", 1002)])
         with selects(engine) as seen:
@@ -64,8 +61,6 @@ async def test_a_batch_of_submissions_finds_its_earlier_request_ids_through_the_
             outcomes = await specs.add_many(
                 [spec("a", "r2", 2001), spec("b", "r1", 2002), spec("b", "r3", 2003), spec("b", "r3", 2004)]
             )
-    finally:
-        await engine.dispose()
 
     assert [o.name if isinstance(o, StoredSpec) else o for o in outcomes] == [
         "accounts/a/runs/run-1002",
@@ -86,16 +81,11 @@ def usage_event(run: int, kind: EventKind, time_ms: int) -> UsageEvent:
 
 async def test_a_batch_of_usage_events_finds_its_intervals_through_the_index(tmp_path: Path) -> None:
     database = tmp_path / "metering.db"
-    engine = create_engine(f"sqlite:///{database}")
-    async with engine.begin() as conn:
-        await conn.run_sync(metering_tables.create_all)
-    usage = UsageRepository(engine)
-    try:
+    async with sqlite_tables(database, metering_tables) as engine:
+        usage = UsageRepository(engine)
         await usage.apply_all([usage_event(run, EventKind.OPEN, 1_000) for run in range(200)])
         with selects(engine) as seen:
             applied = await usage.apply_all([usage_event(run, EventKind.CLOSE, 5_000) for run in (3, 17, 150)])
-    finally:
-        await engine.dispose()
 
     assert applied == 3
     interval_reads = [s for s in seen if "FROM usage_intervals" in s[0]]

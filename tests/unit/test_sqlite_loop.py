@@ -14,8 +14,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import create_engine
 from services.common.sqlite_loop import Connection
+from tests.support import sqlite_tables
 
 metadata = MetaData()
 items = Table("items", metadata, Column("id", Integer, primary_key=True), Column("name", String(20), unique=True))
@@ -23,11 +23,8 @@ items = Table("items", metadata, Column("id", Integer, primary_key=True), Column
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'db' / 'test.db'}")
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    yield engine
-    await engine.dispose()
+    async with sqlite_tables(tmp_path / "db" / "test.db", metadata) as engine:
+        yield engine
 
 
 async def test_statements_run_on_the_loops_thread_with_the_services_pragmas(engine: AsyncEngine) -> None:

@@ -23,10 +23,9 @@ from services.api_gateway.adapters.db import SpecRepository, metadata
 from services.api_gateway.adapters.peers import Submissions
 from services.api_gateway.runtime.gateway import Gateway
 from services.api_gateway.settings import GatewaySettings
-from services.common.db import create_engine
 from services.common.errors import FailedPrecondition
 from services.common.server import status_of
-from tests.support import manifest
+from tests.support import manifest, sqlite_tables
 
 WHO: contextvars.ContextVar[str | None] = contextvars.ContextVar("who", default=None)
 
@@ -160,11 +159,7 @@ async def test_a_batch_whose_refused_spec_cannot_be_removed_still_answers_each_c
     removed: the queued run is still answered as queued, the refused one as refused, and the spec
     left behind is logged (a retry with its request_id would hand it over again)."""
     database = tmp_path / "gateway.db"
-    engine = create_engine(f"sqlite:///{database}")
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
     scheduler = FakeScheduler()
-    other_writer = sqlite3.connect(database, isolation_level=None)
 
     def hold_the_file(call: int) -> None:
         if call == 2:
@@ -172,22 +167,23 @@ async def test_a_batch_whose_refused_spec_cannot_be_removed_still_answers_each_c
 
     scheduler.during_call = hold_the_file
     peers = SimpleNamespace(submissions=Submissions(scheduler))  # type: ignore[arg-type]  # all a submission needs
-    gateway = Gateway(GatewaySettings(), SpecRepository(engine), peers)  # type: ignore[arg-type]
-    try:
-        first = asyncio.create_task(gateway.create_run("a", "free", manifest("true"), b"", "r0"))
-        await asyncio.sleep(0.01)
-        queued = asyncio.create_task(gateway.create_run("a", "free", manifest("true"), b"", "r1"))
-        refused = asyncio.create_task(gateway.create_run("a", "free", manifest("refuse"), b"", "r2"))
-        await asyncio.sleep(0.01)
-        scheduler.release.set()
-        await first
-        answer = await queued
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await refused
-    finally:
-        other_writer.rollback()
-        other_writer.close()
-        await engine.dispose()
+    async with sqlite_tables(database, metadata) as engine:
+        other_writer = sqlite3.connect(database, isolation_level=None)
+        gateway = Gateway(GatewaySettings(), SpecRepository(engine), peers)  # type: ignore[arg-type]
+        try:
+            first = asyncio.create_task(gateway.create_run("a", "free", manifest("true"), b"", "r0"))
+            await asyncio.sleep(0.01)
+            queued = asyncio.create_task(gateway.create_run("a", "free", manifest("true"), b"", "r1"))
+            refused = asyncio.create_task(gateway.create_run("a", "free", manifest("refuse"), b"", "r2"))
+            await asyncio.sleep(0.01)
+            scheduler.release.set()
+            await first
+            answer = await queued
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await refused
+        finally:
+            other_writer.rollback()
+            other_writer.close()
 
     assert [len(call["runs"]) for call in scheduler.calls] == [1, 2]
     assert answer.name.startswith("accounts/a/runs/run-")

@@ -142,7 +142,7 @@ class _Arrival:
 
     row: RunRow
     max_queued_runs: int
-    monthly_gpu_hours: float | None = None
+    monthly_gpu_hours: float | None
 
 
 class Scheduler:
@@ -160,8 +160,7 @@ class Scheduler:
         self.repo = RunRepository(engine)
         self.backend = backend
         self.peers = peers
-        self.nodes = nodes
-        self._fits = FitCheck(nodes)
+        self._fits = FitCheck(nodes)  # the nodes, and why a run shape could never fit on them
         self.callback_address = callback_address
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -182,6 +181,10 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self.relay = MetricsRelay()
         self._arrivals: GroupWriter[_Arrival, RunRow] = GroupWriter(self._queue_arrivals)
+
+    @property
+    def nodes(self) -> list[Node]:
+        return self._fits.nodes
 
     # ---- API operations -------------------------------------------------------------------
 
@@ -634,7 +637,6 @@ class Scheduler:
 
     def _nodes_changed(self, nodes: list[Node]) -> None:
         """The backend's nodes changed (added, lost, cordoned): the next round places on these."""
-        self.nodes = nodes
         self._fits = FitCheck(nodes)
         self._wake.set()
 
